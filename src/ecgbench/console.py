@@ -1,0 +1,32 @@
+"""Shared terminal output: one stderr console and one progress-bar style for every long loop."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+# Results go to stdout (so they can be piped); progress, warnings and errors go to stderr.
+console = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False)
+
+
+def progress(transient: bool = False) -> Progress:
+    """A rich progress bar with counts, rate-free ETA and elapsed time."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+    )

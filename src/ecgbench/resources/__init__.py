@@ -1,0 +1,9 @@
+"""Files shipped inside the package: the real sample records (with their licences) and templates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESOURCES_DIR = Path(__file__).resolve().parent
+# Small real samples of the public corpora; see sample/README.md for sources and licences.
+SAMPLE_DIR = RESOURCES_DIR / "sample"
