@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import click
 import typer
+from rich.logging import RichHandler
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from ecgbench import __version__
 from ecgbench.console import console, stdout
 from ecgbench.errors import UserError
+from ecgbench.run import run_recipe
 from ecgbench.settings import Settings, load_settings
 
 
@@ -43,7 +47,7 @@ class _RootGroup(TyperGroup):
         except UserError as exc:
             if isinstance(ctx.obj, CliState) and ctx.obj.verbose:
                 console.print_exception()
-            console.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=True)
+            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow]: run the same command again to resume")
@@ -70,7 +74,9 @@ def root(
     ctx: typer.Context,
     config: Annotated[
         Path | None,
-        typer.Option("--config", envvar="ECGBENCH_CONFIG", help="TOML file with settings, one table per group."),
+        typer.Option(
+            "--config", envvar="ECGBENCH_CONFIG", help="TOML file with settings, one table per group."
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show details and tracebacks.")] = False,
     version: Annotated[
@@ -78,6 +84,13 @@ def root(
     ] = False,
 ) -> None:
     ctx.obj = CliState(config=config, verbose=verbose)
+    # Library modules log through `logging`; --verbose shows their debug detail.
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, markup=False)],
+        force=True,
+    )
 
 
 config_app = typer.Typer(help="Inspect the resolved settings.", no_args_is_help=True)
@@ -114,6 +127,7 @@ def to_toml(values: dict[str, Any]) -> str:
 
 
 app.add_typer(config_app, name="config")
+app.command("run")(run_recipe)
 
 
 def main() -> None:

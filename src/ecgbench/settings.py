@@ -133,7 +133,9 @@ def flag_name(loc: tuple[Any, ...]) -> str:
     return "--" + names[-1].replace("_", "-") if names else "--config"
 
 
-def load_settings(config: Path | None = None, overrides: dict[str, dict[str, Any] | Any] | None = None) -> Settings:
+def load_settings(
+    config: Path | None = None, overrides: dict[str, dict[str, Any] | Any] | None = None
+) -> Settings:
     """Resolve settings from flags (``overrides``; ``None`` values mean 'not given'), env and TOML."""
     flags: dict[str, Any] = {}
     for key, value in (overrides or {}).items():

@@ -1,0 +1,1 @@
+complete --command ecgbench --no-files --arguments "(env _ECGBENCH_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) ecgbench)" --condition "env _ECGBENCH_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) ecgbench"

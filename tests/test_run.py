@@ -1,0 +1,81 @@
+"""``ecgbench run``: recipes run stage after stage and resume where they stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from ecgbench.cli import app
+
+runner = CliRunner()
+
+
+def _recipe(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "recipe.toml"
+    path.write_text(f'[vars]\nout = "{tmp_path}"\n' + body)
+    return path
+
+
+FAILING = '[[stages]]\nname = "fails"\ncommand = ["config", "show", "--format", "xml"]\n'
+
+
+def test_stages_run_in_order_and_a_failure_stops_the_run(tmp_path: Path) -> None:
+    body = '[[stages]]\nname = "show"\ncommand = "config show --format json"\n' + FAILING
+    result = runner.invoke(app, ["run", str(_recipe(tmp_path, body))])
+    assert result.exit_code == 2
+    assert '"num_merges"' in result.stdout  # the first stage ran
+    assert "stage 'fails' failed" in result.stderr
+
+
+def test_finished_stage_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "done.txt").write_text("x")
+    body = FAILING + 'creates = ["{out}/done.txt"]\n'
+    result = runner.invoke(app, ["run", str(_recipe(tmp_path, body))])
+    assert result.exit_code == 0, result.output
+    assert "outputs exist" in result.stderr
+    forced = runner.invoke(app, ["run", str(_recipe(tmp_path, body)), "--force"])
+    assert forced.exit_code == 2
+
+
+def test_from_and_dry_run(tmp_path: Path) -> None:
+    body = FAILING + '[[stages]]\nname = "show"\ncommand = "config show"\n'
+    recipe = str(_recipe(tmp_path, body))
+    assert runner.invoke(app, ["run", recipe, "--from", "show"]).exit_code == 0
+    assert runner.invoke(app, ["run", recipe, "--dry-run"]).exit_code == 0
+    bad = runner.invoke(app, ["run", recipe, "--from", "train"])
+    assert bad.exit_code == 2
+    assert "--from" in bad.stderr
+
+
+def test_stage_that_does_not_create_its_output_fails(tmp_path: Path) -> None:
+    body = '[[stages]]\nname = "show"\ncommand = "config show"\ncreates = "{out}/never.txt"\n'
+    result = runner.invoke(app, ["run", str(_recipe(tmp_path, body))])
+    assert result.exit_code == 2
+    assert "did not create" in result.stderr
+
+
+def test_bad_recipes(tmp_path: Path) -> None:
+    cases = {
+        '[[stages]]\nname = "a"\ncommand = "config show {nope}"\n': "unknown variable {nope}",
+        '[[stages]]\ncommand = "config show"\n': "needs a name",
+        '[[stages]]\nname = "a"\ncommand = "x"\nwhen = 1\n': "unknown key",
+        '[[stages]]\nname = "a"\ncommand = "config show"\n[[stages]]\nname = "a"\ncommand = "x"\n': "unique",
+        "[[stages\n": "not valid TOML",
+        "": "no [[stages]]",
+    }
+    for body, message in cases.items():
+        result = runner.invoke(app, ["run", str(_recipe(tmp_path, body))])
+        assert result.exit_code == 2, body
+        assert message in result.stderr, (body, result.stderr)
+    assert "recipe not found" in runner.invoke(app, ["run", str(tmp_path / "x.toml")]).stderr
+
+
+def test_set_overrides_a_variable(tmp_path: Path) -> None:
+    body = '[[stages]]\nname = "show"\ncommand = "config show --format {fmt}"\n'
+    path = tmp_path / "r.toml"
+    path.write_text('[vars]\nfmt = "xml"\n' + body)
+    assert runner.invoke(app, ["run", str(path)]).exit_code == 2
+    result = runner.invoke(app, ["run", str(path), "--set", "fmt=json"])
+    assert result.exit_code == 0
+    assert runner.invoke(app, ["run", str(path), "--set", "fmt"]).exit_code == 2
