@@ -16,9 +16,11 @@ from typer.core import TyperGroup
 
 from ecgbench import __version__
 from ecgbench.console import console, stdout
+from ecgbench.data.cli import data_app
 from ecgbench.errors import UserError
 from ecgbench.run import run_recipe
 from ecgbench.settings import Settings, load_settings
+from ecgbench.tokenizer.cli import app as tokenizer_app
 
 
 @dataclass
@@ -127,6 +129,8 @@ def to_toml(values: dict[str, Any]) -> str:
 
 
 app.add_typer(config_app, name="config")
+app.add_typer(tokenizer_app, name="tokenizer")
+app.add_typer(data_app, name="data")
 app.command("run")(run_recipe)
 
 

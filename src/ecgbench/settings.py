@@ -15,7 +15,15 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ecgbench.errors import UserError
@@ -60,6 +68,79 @@ class DataSettings(_Group):
     remainder: Literal["drop", "pad"] = Field("drop", description="what to do with a short last segment")
     dtype: Literal["float16", "float32"] = Field("float32", description="sample type in the shards")
     workers: int = Field(1, ge=1, le=256, description="parallel worker processes")
+    # Signal processing (applied at target_fs, zero-phase, SOS form); 0 turns a band edge off.
+    bandpass_low: float = Field(0.5, ge=0.0, description="high-pass edge of the band-pass, Hz (0 = off)")
+    bandpass_high: float = Field(100.0, ge=0.0, description="low-pass edge of the band-pass, Hz (0 = off)")
+    filter_order: int = Field(4, ge=1, le=10, description="Butterworth order of each band-pass edge")
+    notch: Literal["auto", "off"] | float = Field(
+        "auto", description="power-line notch: auto (the corpus's mains frequency), off, or a frequency in Hz"
+    )
+    notch_q: float = Field(30.0, gt=0.0, description="quality factor of the power-line notch")
+    baseline: Literal["off", "median"] = Field(
+        "off", description="extra baseline removal: a 200 ms + 600 ms median-filter estimate subtracted"
+    )
+    nan_max_gap: float = Field(
+        0.1, ge=0.0, description="longest NaN/Inf gap (s) filled by linear interpolation; longer rejects"
+    )
+    missing_leads: Literal["reject", "derive", "zero"] = Field(
+        "reject",
+        description="record without all 12 leads: reject it, derive limb leads from I and II, "
+        "or derive and zero-fill the rest (flagged flat)",
+    )
+    flat_threshold: float = Field(
+        0.02, ge=0.0, description="peak-to-peak (mV) under which a lead of a segment is flagged flat"
+    )
+    saturation_ms: float = Field(
+        40.0, gt=0.0, description="a lead held at its extreme value this long (ms) flags saturation"
+    )
+    shard_segments: int = Field(4096, ge=1, description="segments per shard file (memory held by the writer)")
+    ptbxl_source: Literal["auto", "records500", "records100"] = Field(
+        "auto", description="PTB-XL waveforms to read: records500, records100, or auto (500 Hz when present)"
+    )
+
+    @field_validator("notch", mode="before")
+    @classmethod
+    def _notch_value(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("auto", "off"):
+            return value.strip().lower()
+        try:
+            hz = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError("must be auto, off or a positive frequency in Hz") from None
+        if not hz > 0:
+            raise ValueError("must be auto, off or a positive frequency in Hz")
+        return hz
+
+    @field_validator("bandpass_high")
+    @classmethod
+    def _below_nyquist(cls, value: float, info: ValidationInfo) -> float:
+        target_fs = info.data.get("target_fs")
+        if value > 0 and target_fs and value >= 0.45 * target_fs:
+            raise ValueError(f"must be below {0.45 * target_fs:g} Hz (0.45 x target_fs), or 0 to turn it off")
+        low = info.data.get("bandpass_low", 0.0)
+        if value > 0 and low and low >= value:
+            raise ValueError("must be above --bandpass-low")
+        return value
+
+
+class SetsSettings(_Group):
+    """Conversation sets, splits, tokenizer samples and plots (`data map | split | sample | stats | plot`)."""
+
+    folds: int = Field(10, ge=2, le=100, description="folds of the patient-grouped split")
+    split_method: Literal["patient", "strat_fold"] = Field(
+        "patient", description="patient: grouped, label-stratified k-fold; strat_fold: PTB-XL's own folds"
+    )
+    test_fold: int = Field(-1, description="fold used as the test split (negative counts from the end)")
+    val_fold: int = Field(-2, description="fold used as the validation split (negative counts from the end)")
+    sample_size: int = Field(10_000, ge=1, description="segments to select for tokenizer training")
+    sample_method: Literal["random", "stratified"] = Field(
+        "stratified", description="random, or stratified over MiniBatchKMeans clusters of segment features"
+    )
+    clusters: int = Field(64, ge=1, le=10_000, description="clusters of the stratified sample")
+    sample_pool: int = Field(100_000, ge=1, description="random candidates clustered (stratified sample)")
+    renderer: Literal["ecgbench", "ecg-plot"] = Field(
+        "ecgbench", description="12-lead figure: our Matplotlib renderer or the ecg_plot package"
+    )
 
 
 class ModelSettings(_Group):
@@ -70,6 +151,18 @@ class ModelSettings(_Group):
         "sdpa", description="attention kernel"
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+    lora: bool = Field(False, description="train LoRA adapters instead of the full LLM")
+    lora_rank: int = Field(16, ge=1, le=4096, description="LoRA rank r")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    lora_target_modules: list[str] | None = Field(
+        None, description="module names to adapt (default: the family's attention and MLP projections)"
+    )
+    max_length: int = Field(1024, ge=16, description="tokens per conversation after truncation")
+    min_ecg_tokens: int = Field(
+        0, ge=0, description="ECG tokens per ECG kept before old turns are dropped to fit max_length"
+    )
 
 
 class Settings(BaseSettings):
@@ -83,6 +176,7 @@ class Settings(BaseSettings):
     seed: int = Field(0, description="random seed for everything that draws random numbers")
     tokenizer: TokenizerSettings = TokenizerSettings()
     data: DataSettings = DataSettings()
+    sets: SetsSettings = SetsSettings()
     model: ModelSettings = ModelSettings()
 
     @classmethod

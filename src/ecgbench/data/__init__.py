@@ -1,0 +1,1 @@
+"""Corpora -> segment store -> conversation sets: readers, signal processing, the store, mapping, splits."""

@@ -1,0 +1,51 @@
+"""ECG-Chat (YubaoZhao/ECG-Chat): ``ecg_instruct_45k.json`` and ``pretrain_mimic.json``.
+
+Both are LLaVA-style JSON lists; their training code (``llava/train/train.py``) reads, per item, ``ecg`` -- a
+WFDB record path relative to the MIMIC-IV-ECG root such as ``files/p1000/p10000032/s40689238/40689238`` --
+and ``conversations``, a list of ``{"from": "human" | "gpt", "value": str}`` whose first human turn holds
+the ``<ecg>`` placeholder. ``id`` is kept as the source id when present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ecgbench.data.conversations import Conversation
+from ecgbench.data.mapping.common import (
+    MappingReport,
+    RecordLookup,
+    SkipItem,
+    json_files,
+    load_json_items,
+    map_items,
+    normalise_turns,
+)
+
+
+def _conversation(item: Any, fallback_id: str, lookup: RecordLookup, report: MappingReport) -> Conversation:
+    if not isinstance(item, dict):
+        raise SkipItem("malformed item")
+    ecg = item.get("ecg")
+    if not isinstance(ecg, str) or not ecg.strip():
+        raise SkipItem("missing ECG")
+    ref = lookup.resolve_path(ecg)
+    turns = normalise_turns(item.get("conversations"), 1, report)
+    return Conversation(
+        source=report.source,
+        source_id=str(item.get("id", fallback_id)),
+        turns=turns,
+        ecgs=[ref],
+        meta={"ecg": ecg},
+    )
+
+
+def map_ecg_chat(source: Path, lookup: RecordLookup, report: MappingReport) -> Iterator[Conversation]:
+    for path in json_files(source):
+        items = load_json_items(path)
+        yield from map_items(
+            enumerate(items),
+            lambda pair, stem=path.stem: _conversation(pair[1], f"{stem}:{pair[0]}", lookup, report),
+            report,
+        )
