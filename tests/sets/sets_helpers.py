@@ -7,36 +7,11 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
+from ecgbench.data.store import INDEX_SCHEMA
 from ecgbench.resources import SAMPLE_DIR
 
 ECGQA = SAMPLE_DIR / "ecgqa"
 PULSE_BENCH = SAMPLE_DIR / "pulse_ecgbench" / "ptb_report_generation_test.json"
-
-# The segment-store index columns of interface B (src/ecgbench/data/store.py, index.parquet).
-INDEX_SCHEMA = pa.schema(
-    [
-        ("segment_id", pa.int64()),
-        ("corpus", pa.string()),
-        ("record_id", pa.string()),
-        ("patient_id", pa.string()),
-        ("segment_index", pa.int32()),
-        ("shard", pa.int32()),
-        ("offset", pa.int64()),
-        ("fs", pa.int32()),
-        ("n_samples", pa.int32()),
-        ("labels", pa.list_(pa.string())),
-        ("report", pa.string()),
-        ("report_original", pa.string()),
-        ("age", pa.float64()),
-        ("sex", pa.string()),
-        ("source_path", pa.string()),
-        ("flat_leads", pa.list_(pa.string())),
-        ("saturated", pa.bool_()),
-        ("nan_filled", pa.int32()),
-        ("meta", pa.string()),
-    ]
-)
-
 
 def index_table(records: Sequence[dict]) -> pa.Table:
     """An index listing ``records`` (dicts with corpus, record_id and optional patient_id, labels,
@@ -69,6 +44,10 @@ def index_table(records: Sequence[dict]) -> pa.Table:
                     "saturated": False,
                     "nan_filled": 0,
                     "meta": json.dumps(rec.get("meta", {})),
+                    "duration_s": 5.0,
+                    "start_s": 5.0 * k,
+                    "source_fs": 500.0,
+                    "source_sha256": "",
                 }
             )
     return pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
