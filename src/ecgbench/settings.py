@@ -151,7 +151,7 @@ class ModelSettings(_Group):
         "sdpa", description="attention kernel"
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
     lora: bool = Field(False, description="train LoRA adapters instead of the full LLM")
     lora_rank: int = Field(16, ge=1, le=4096, description="LoRA rank r")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")

@@ -1,0 +1,1 @@
+"""ELM building blocks: LLMs, ECG and vision encoders, projectors, input representations, ELMs."""

@@ -1,0 +1,125 @@
+"""The contract every ECG or vision encoder meets, so ELMs can use any of them interchangeably.
+
+Checkpoints are a directory holding ``encoder.json`` (encoder name, format version and the config that
+rebuilds the architecture) and ``model.safetensors`` (the weights): no pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from ecgbench.errors import CorruptFileError, UserError
+
+CONFIG_FILE = "encoder.json"
+WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_FORMAT = "ecgbench-encoder"
+CHECKPOINT_VERSION = 1
+
+
+class ECGEncoder(nn.Module):
+    """An encoder that turns one input representation into a sequence of feature vectors.
+
+    ``features`` is the feature-extraction forward used inside ELMs: deterministic, never masked
+    (masking belongs to pretraining only). Encoders with a pretraining objective also implement
+    ``pretrain_loss``.
+    """
+
+    #: registry name written into ``encoder.json`` ("st-mem", "clip", ...)
+    name: ClassVar[str] = ""
+    #: width of each feature vector returned by ``features``
+    out_dim: int
+    #: "signal" (B, 12, L) float, "stacked" or "image" (B, 3, H, W) float
+    representation: str
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # (B, tokens, out_dim)
+        raise NotImplementedError
+
+    def pretrain_loss(self, x: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no pretraining objective")
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-serialisable settings that rebuild this architecture (without weights)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], directory: Path | None = None) -> Self:
+        """A randomly initialised encoder from ``config_dict()``; ``directory`` holds extra files."""
+        raise NotImplementedError
+
+    def save_extra(self, directory: Path) -> None:
+        """Files besides the weights a subclass needs to rebuild itself (e.g. a text tokenizer)."""
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.save_extra(directory)
+        # Write to temporary names, then rename: an interrupted save never leaves a half checkpoint.
+        weights_tmp = directory / (WEIGHTS_FILE + ".tmp")
+        save_model(self, str(weights_tmp))
+        os.replace(weights_tmp, directory / WEIGHTS_FILE)
+        meta = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "encoder": self.name,
+            "config": self.config_dict(),
+        }
+        config_tmp = directory / (CONFIG_FILE + ".tmp")
+        config_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        os.replace(config_tmp, directory / CONFIG_FILE)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> Self:
+        directory = Path(directory)
+        meta = read_checkpoint_meta(directory)
+        if meta["encoder"] != cls.name:
+            raise UserError(f"{directory} holds a {meta['encoder']!r} encoder, not {cls.name!r}")
+        model = cls.from_config(meta["config"], directory)
+        load_weights(model, directory)
+        return model
+
+
+def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
+    """The parsed ``encoder.json`` of a checkpoint directory, validated."""
+    path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise UserError(f"encoder checkpoint directory not found: {directory}")
+    if not path.is_file():
+        raise UserError(f"{directory} is not an encoder checkpoint (no {CONFIG_FILE})")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise CorruptFileError(f"{path} is not an ecgbench encoder config")
+    if meta.get("version") != CHECKPOINT_VERSION:
+        raise UserError(
+            f"{path} has checkpoint version {meta.get('version')}; this ecgbench reads {CHECKPOINT_VERSION}"
+        )
+    if not isinstance(meta.get("encoder"), str) or not isinstance(meta.get("config"), dict):
+        raise CorruptFileError(f"{path} lacks the 'encoder' name or the 'config' table")
+    return meta
+
+
+def load_weights(model: nn.Module, directory: Path) -> None:
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise UserError(f"encoder weights not found: {path}")
+    try:
+        load_model(model, str(path), strict=True)
+    except SafetensorError as exc:
+        raise CorruptFileError(f"{path} is not a readable safetensors file: {exc}") from None
+    except RuntimeError as exc:
+        # Missing/unexpected keys or shape mismatches: the weights do not belong to this config.
+        first = str(exc).strip().splitlines()
+        raise CorruptFileError(f"{path} does not match its {CONFIG_FILE}: {' '.join(first[:3])}") from None
