@@ -156,16 +156,13 @@ def encode_inputs(
                         segments, mode=mode, threads=threads, return_scales=True
                     )
                 except SignalError as exc:
-                    raise UserError(f"input segment {start + _segment_index(exc)}: {exc}") from None
+                    if exc.segment is None:
+                        raise
+                    raise UserError(f"input segment {start + exc.segment} {exc.detail}") from None
                 ids += chunk_ids
                 scales += chunk_scales
             bar.advance(task, len(chunk) if inputs.strings is not None else len(segments))
     return ids, scales
-
-
-def _segment_index(exc: SignalError) -> int:
-    words = str(exc).split()
-    return int(words[1]) if len(words) > 1 and words[0] == "segment" and words[1].isdigit() else 0
 
 
 def tokenizer_settings(ctx: typer.Context, **flags: Any) -> TokenizerSettings:

@@ -83,7 +83,7 @@ def symbolize_segments(
         if n_leads is None:
             n_leads = scale.n_leads
         elif scale.n_leads != n_leads and lead_boundaries:
-            raise SignalError(f"segment {i} has {scale.n_leads} leads, earlier segments {n_leads}")
+            raise SignalError(f"has {scale.n_leads} leads, earlier segments {n_leads}", segment=i)
         chunks.append(codes)
         scales.append(scale)
         if lead_boundaries:

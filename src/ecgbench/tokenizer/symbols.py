@@ -32,7 +32,16 @@ _PERCENTILE_SAMPLE = 4_000_000
 
 
 class SignalError(UserError):
-    """A signal that cannot be symbolised (NaN/Inf, flat, wrong shape)."""
+    """A signal that cannot be symbolised (NaN/Inf, flat, wrong shape).
+
+    ``segment`` is the position of the offending segment in the batch that was passed, when known, so a
+    caller that passes batches of a larger input can name the segment in its own numbering.
+    """
+
+    def __init__(self, detail: str, segment: int | None = None):
+        super().__init__(detail if segment is None else f"segment {segment} {detail}")
+        self.detail = detail
+        self.segment = segment
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,7 @@ def as_segments(signals: Any) -> list[np.ndarray]:
     segments = [np.asarray(s) for s in signals]
     for i, s in enumerate(segments):
         if s.ndim != 2:
-            raise SignalError(f"segment {i} must have shape (leads, samples), got {s.shape}")
+            raise SignalError(f"must have shape (leads, samples), got {s.shape}", segment=i)
     return segments
 
 
@@ -73,13 +82,13 @@ def check_segment(signal: np.ndarray, index: int = 0) -> np.ndarray:
     """A finite, non-constant (leads, samples) float array, or a :class:`SignalError` naming ``index``."""
     signal = np.asarray(signal)
     if signal.ndim != 2 or signal.shape[1] == 0:
-        raise SignalError(f"segment {index} must have shape (leads, samples), got {signal.shape}")
+        raise SignalError(f"must have shape (leads, samples), got {signal.shape}", segment=index)
     if not np.issubdtype(signal.dtype, np.number):
-        raise SignalError(f"segment {index} is not numeric (dtype {signal.dtype})")
+        raise SignalError(f"is not numeric (dtype {signal.dtype})", segment=index)
     if not np.isfinite(signal).all():
-        raise SignalError(f"segment {index} contains NaN or Inf values; clean or interpolate it first")
+        raise SignalError("contains NaN or Inf values; clean or interpolate it first", segment=index)
     if signal.max() == signal.min():
-        raise SignalError(f"segment {index} is flat (zero variance): there is nothing to encode")
+        raise SignalError("is flat (zero variance): there is nothing to encode", segment=index)
     return signal
 
 
