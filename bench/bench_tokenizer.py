@@ -220,11 +220,13 @@ def main() -> None:
     strings = strings_of(codes, lengths)
     tok = ECGByteTokenizer.train_symbols(strings, args.merges)
     rows = {}
-    for mode in ("bpe", "greedy"):
+    # The first call on a fresh tokenizer is the figure: bpe memoises chunks per worker, and those
+    # caches stay warm across calls, so the repeat shows the cache's best case separately.
+    for mode, label in (("bpe", "bpe"), ("greedy", "greedy"), ("bpe", "bpe (repeat call, warm caches)")):
         ids, seconds = timed(lambda m=mode: tok.encode_symbols_batch(strings, mode=m))
-        rows[mode] = (seconds, sum(len(i) for i in ids))
+        rows.setdefault(mode, (seconds, sum(len(i) for i in ids)))
         print(
-            f"ours   encode_batch {mode:6s}: {n / seconds / 1e6:7.1f} M symbols/s   "
+            f"ours   encode_batch {label:6s}: {n / seconds / 1e6:7.1f} M symbols/s   "
             f"compression {n / rows[mode][1]:.3f}x"
         )
 

@@ -224,3 +224,80 @@ fn bad_input_is_reported() {
         })
     );
 }
+
+/// Random walk over a..z like a symbolised ECG: mostly steps of -1, 0, +1, with a jump every
+/// ~`jump_every` symbols (QRS edges) that makes letter pairs no token contains (forced boundaries).
+/// Every fourth piece repeats an earlier one, as beats and baselines do, so chunk caches get hits.
+fn ecg_like(seed: u64, pieces: usize, max_len: usize, jump_every: usize) -> (Vec<u8>, Vec<usize>) {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as usize
+    };
+    let (mut symbols, mut lens) = (Vec::<u8>::new(), Vec::new());
+    let mut level = 12i32;
+    for k in 0..pieces {
+        if k % 4 == 3 {
+            let copy = next() % k;
+            let start: usize = lens[..copy].iter().sum();
+            symbols.extend_from_within(start..start + lens[copy]);
+            lens.push(lens[copy]);
+            continue;
+        }
+        let len = next() % (max_len + 1);
+        for _ in 0..len {
+            level = if next() % jump_every == 0 {
+                (next() % 26) as i32
+            } else {
+                (level + (next() % 3) as i32 - 1).clamp(0, 25)
+            };
+            symbols.push(level as u8);
+        }
+        lens.push(len);
+    }
+    (symbols, lens)
+}
+
+#[test]
+fn bpe_matches_reference_with_5000_merges_on_ecg_like_walks() {
+    let (train_symbols, train_pieces) = ecg_like(1, 48, 16_000, 150);
+    let training = run(&train_symbols, &train_pieces, 5000, 2);
+    assert_eq!(
+        training.merges.len(),
+        5000,
+        "the corpus should support 5000 merges"
+    );
+    let merges = training.merges.clone();
+    let encoder = Encoder::new(merges.clone()).unwrap();
+    // The training corpus, twice: the second call starts with warm chunk caches.
+    for _ in 0..2 {
+        let (ids, _) = encoder
+            .encode_batch(&train_symbols, &train_pieces, 1, Mode::Bpe)
+            .unwrap();
+        assert_eq!(Some(&ids), training.segmentation.as_ref());
+    }
+    for seed in 2..6 {
+        let (symbols, pieces) = ecg_like(seed, 12, 4000, 40 + 60 * seed as usize);
+        let per_piece: Vec<Vec<u32>> = split(&symbols, &pieces)
+            .iter()
+            .map(|p| reference_encode(p, &merges))
+            .collect();
+        let expected: Vec<u32> = per_piece.concat();
+        for (per_item, threads) in [(1, 1), (3, 2), (12, 2), (5, 3)] {
+            let (ids, counts) = thread_pool(Some(threads))
+                .install(|| encoder.encode_batch(&symbols, &pieces, per_item, Mode::Bpe))
+                .unwrap();
+            assert_eq!(ids, expected, "seed {seed}, {per_item} pieces per item");
+            let expected_counts: Vec<usize> = per_piece
+                .chunks(per_item)
+                .map(|item| item.iter().map(Vec::len).sum())
+                .collect();
+            assert_eq!(
+                counts, expected_counts,
+                "seed {seed}, {per_item} pieces per item"
+            );
+        }
+    }
+}
