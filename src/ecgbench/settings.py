@@ -159,10 +159,6 @@ class ModelSettings(_Group):
     lora_target_modules: list[str] | None = Field(
         None, description="module names to adapt (default: the family's attention and MLP projections)"
     )
-    max_length: int = Field(1024, ge=16, description="tokens per conversation after truncation")
-    min_ecg_tokens: int = Field(
-        0, ge=0, description="ECG tokens per ECG kept before old turns are dropped to fit max_length"
-    )
 
 
 class Settings(BaseSettings):

@@ -13,6 +13,7 @@ from ecgbench.resources import SAMPLE_DIR
 ECGQA = SAMPLE_DIR / "ecgqa"
 PULSE_BENCH = SAMPLE_DIR / "pulse_ecgbench" / "ptb_report_generation_test.json"
 
+
 def index_table(records: Sequence[dict]) -> pa.Table:
     """An index listing ``records`` (dicts with corpus, record_id and optional patient_id, labels,
     source_path, segments, meta), one row per segment as `data prepare` writes it.
