@@ -36,7 +36,18 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", "src", "tests", "bench", "noxfile.py")
     session.run("ruff", "format", "--check", "src", "tests", "bench", "noxfile.py")
-    session.run("cargo", "clippy", "--release", "-p", "ecgbyte", "--", "-D", "warnings", external=True)
+    session.run(
+        "cargo",
+        "clippy",
+        "--release",
+        "-p",
+        "ecgbyte",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+        external=True,
+    )
 
 
 @nox.session

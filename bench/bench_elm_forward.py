@@ -64,7 +64,7 @@ def real_inputs(batch: int) -> tuple[list[np.ndarray], list[list[dict[str, str]]
         ]
         for item in items
     ]
-    return [segments[i % len(segments)] for i in range(batch)], turns[:batch]
+    return [segments[i % len(segments)] for i in range(batch)], [turns[i % len(turns)] for i in range(batch)]
 
 
 def best_rates(
@@ -129,7 +129,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-length", type=int, default=512)
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     ecgs, conversations = real_inputs(args.batch)
     tokenizer = ECGByteTokenizer.train(np.stack(ecgs), num_merges=500)
 

@@ -54,6 +54,7 @@ def test_config_show_toml_round_trips(tmp_path: Path) -> None:
     [
         ({"env": ("ECGBENCH_TOKENIZER__NUM_MERGES", "many")}, "invalid value for --num-merges"),
         ({"env": ("ECGBENCH_TOKENIZER__NORMALIZATION", "zscore")}, "'segment', 'lead' or 'percentile'"),
+        ({"env": ("ECGBENCH_TOKENIZER", "{num_merges: 5")}, "expected a JSON object"),
         ({"config": "[tokenizer]\nnum_merges = 0\n"}, "greater than or equal to 1"),
         ({"config": "[tokenizer\nnum_merges = 3\n"}, "is not valid TOML"),
         ({"config": "[tokenizer]\nnum_merge = 3\n"}, "unknown setting 'tokenizer.num_merge'"),
@@ -91,3 +92,14 @@ def test_no_arguments_prints_help() -> None:
     result = runner.invoke(app, [])
     assert "config" in result.output
     assert "Usage" in result.output
+
+
+def test_unwritable_output_is_one_line_error(tmp_path: Path) -> None:
+    symbols = tmp_path / "symbols.txt"
+    symbols.write_text("aabbaabb\n")
+    # The output's folder would have to be created inside a regular file.
+    args = ["tokenizer", "train", "--symbols", str(symbols), "--out", str(symbols / "t.json")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "error:" in result.stderr and str(symbols) in result.stderr
+    assert "Traceback" not in result.output

@@ -62,6 +62,7 @@ def test_bad_recipes(tmp_path: Path) -> None:
         '[[stages]]\nname = "a"\ncommand = "x"\nwhen = 1\n': "unknown key",
         '[[stages]]\nname = "a"\ncommand = "config show"\n[[stages]]\nname = "a"\ncommand = "x"\n': "unique",
         "[[stages\n": "not valid TOML",
+        '[[stages]]\nname = "a"\ncommand = "config show"\ncreates = [1]\n': "'creates' must be",
         "": "no [[stages]]",
     }
     for body, message in cases.items():
@@ -69,6 +70,17 @@ def test_bad_recipes(tmp_path: Path) -> None:
         assert result.exit_code == 2, body
         assert message in result.stderr, (body, result.stderr)
     assert "recipe not found" in runner.invoke(app, ["run", str(tmp_path / "x.toml")]).stderr
+    # Valid TOML of the wrong shape (written without the [vars] table that _recipe adds).
+    wrong_shapes = {
+        'vars = 3\n[[stages]]\nname = "a"\ncommand = "config show"\n': "[vars] must be a table",
+        'stages = "config show"\n': "must be [[stages]] tables",
+    }
+    for body, message in wrong_shapes.items():
+        path = tmp_path / "shape.toml"
+        path.write_text(body)
+        result = runner.invoke(app, ["run", str(path)])
+        assert result.exit_code == 2, body
+        assert message in result.stderr, (body, result.stderr)
 
 
 def test_set_overrides_a_variable(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import click
 import typer
@@ -40,6 +40,14 @@ def state(ctx: typer.Context) -> CliState:
     return root.obj
 
 
+def _fail(ctx: click.Context, message: str) -> NoReturn:
+    """One red line and exit code 2 (the traceback too with --verbose)."""
+    if isinstance(ctx.obj, CliState) and ctx.obj.verbose:
+        console.print_exception()
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
 class _RootGroup(TyperGroup):
     """Turns user errors raised anywhere below into one red line and exit code 2."""
 
@@ -47,10 +55,12 @@ class _RootGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            if isinstance(ctx.obj, CliState) and ctx.obj.verbose:
-                console.print_exception()
-            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-            raise typer.Exit(2) from None
+            _fail(ctx, str(exc))
+        except OSError as exc:
+            # Unwritable, missing or full locations the user chose (a path that is a directory,
+            # no permission, disk full) are theirs to fix too.
+            where = f": {exc.filename}" if exc.filename else ""
+            _fail(ctx, f"{exc.strerror or exc}{where}")
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow]: run the same command again to resume")
             raise typer.Exit(130) from None

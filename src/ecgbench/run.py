@@ -62,11 +62,21 @@ def load_recipe(path: Path, overrides: dict[str, str] | None = None) -> list[Sta
         raise UserError(f"recipe {path} is not valid TOML: {exc}") from None
     unknown = set(raw) - {"vars", "stages", "description"}
     if unknown:
-        raise UserError(f"recipe {path}: unknown table(s) {sorted(unknown)} (allowed: vars, stages)")
-    variables = {str(k): str(v) for k, v in raw.get("vars", {}).items()}
+        raise UserError(
+            f"recipe {path}: unknown key(s) {sorted(unknown)} (allowed: description, vars, stages)"
+        )
+    table = raw.get("vars", {})
+    if not isinstance(table, dict) or not all(
+        isinstance(v, str | int | float | bool) for v in table.values()
+    ):
+        raise UserError(f"recipe {path}: [vars] must be a table of NAME = string or number")
+    variables = {str(k): str(v) for k, v in table.items()}
     variables.update(overrides or {})
+    entries = raw.get("stages", [])
+    if not isinstance(entries, list):
+        raise UserError(f"recipe {path}: stages must be [[stages]] tables")
     stages: list[Stage] = []
-    for i, entry in enumerate(raw.get("stages", [])):
+    for i, entry in enumerate(entries):
         where = f"recipe {path}, stage {i + 1}"
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise UserError(f"{where}: every stage needs a name")
@@ -81,6 +91,8 @@ def load_recipe(path: Path, overrides: dict[str, str] | None = None) -> list[Sta
         creates = entry.get("creates", [])
         if isinstance(creates, str):
             creates = [creates]
+        if not isinstance(creates, list) or not all(isinstance(p, str) for p in creates):
+            raise UserError(f"{where} ({entry['name']}): 'creates' must be a path or a list of paths")
         stages.append(
             Stage(
                 name=entry["name"],

@@ -22,9 +22,8 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from ecgbench.errors import UserError
 
@@ -41,6 +40,7 @@ class TokenizerSettings(_Group):
         "lead",
         description="min/max per segment over all leads (the peer's), per lead, or global percentiles",
     )
+    # The bounds meet at 50, so percentile_low < percentile_high needs no cross-field check.
     percentile_low: float = Field(1.0, ge=0.0, lt=50.0, description="lower percentile (percentile mode)")
     percentile_high: float = Field(99.0, gt=50.0, le=100.0, description="upper percentile (percentile mode)")
     percentile_margin: float = Field(
@@ -51,12 +51,6 @@ class TokenizerSettings(_Group):
         "bpe", description="bpe: apply merges in learned order; greedy: the peer's longest match"
     )
     threads: int | None = Field(None, ge=1, description="worker threads (default: all cores)")
-
-    @model_validator(mode="after")
-    def _percentiles_ordered(self) -> TokenizerSettings:
-        if self.percentile_low >= self.percentile_high:
-            raise ValueError("percentile_low must be below percentile_high")
-        return self
 
 
 class DataSettings(_Group):
@@ -100,7 +94,7 @@ class DataSettings(_Group):
 
     @field_validator("notch", mode="before")
     @classmethod
-    def _notch_value(cls, value: object) -> object:
+    def _notch_value(cls, value: object, info: ValidationInfo) -> object:
         if isinstance(value, str) and value.strip().lower() in ("auto", "off"):
             return value.strip().lower()
         try:
@@ -109,16 +103,21 @@ class DataSettings(_Group):
             raise ValueError("must be auto, off or a positive frequency in Hz") from None
         if not hz > 0:
             raise ValueError("must be auto, off or a positive frequency in Hz")
+        target_fs = info.data.get("target_fs")
+        if target_fs and hz >= target_fs / 2:
+            # a notch at or above Nyquist would be skipped: the flag would do nothing
+            raise ValueError(f"must be below {target_fs / 2:g} Hz (half of target_fs)")
         return hz
 
-    @field_validator("bandpass_high")
+    @field_validator("bandpass_low", "bandpass_high")
     @classmethod
     def _below_nyquist(cls, value: float, info: ValidationInfo) -> float:
+        # scipy's Butterworth design fails at or above Nyquist, which would reject every record
         target_fs = info.data.get("target_fs")
         if value > 0 and target_fs and value >= 0.45 * target_fs:
             raise ValueError(f"must be below {0.45 * target_fs:g} Hz (0.45 x target_fs), or 0 to turn it off")
         low = info.data.get("bandpass_low", 0.0)
-        if value > 0 and low and low >= value:
+        if info.field_name == "bandpass_high" and value > 0 and low and low >= value:
             raise ValueError("must be above --bandpass-low")
         return value
 
@@ -238,6 +237,11 @@ def load_settings(
     token = _toml_values.set(read_config_file(config) if config else None)
     try:
         return Settings(**flags)
+    except SettingsError as exc:
+        # An ECGBENCH_<GROUP> variable that is not a JSON object.
+        raise UserError(
+            f"{exc}: expected a JSON object, or set single fields as ECGBENCH_GROUP__FIELD"
+        ) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err.get("loc", ()))

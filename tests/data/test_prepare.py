@@ -188,6 +188,11 @@ def test_cli_errors_are_one_line(tmp_path):
             ["data", "prepare", "sample", "--out", str(tmp_path / "x"), "--target-fs", "100"],
             "--bandpass-high",
         ),
+        (
+            ["data", "prepare", "sample", "--out", str(tmp_path / "x"), "--bandpass-low", "120"],
+            "--bandpass-low",
+        ),
+        (["data", "prepare", "sample", "--out", str(tmp_path / "x"), "--notch", "150"], "--notch"),
         (["data", "export", str(tmp_path), "--out", str(tmp_path / "hf")], "not a segment store"),
     ]:
         result = runner.invoke(app, args)

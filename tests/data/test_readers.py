@@ -11,7 +11,7 @@ import scipy.io
 import wfdb
 from corpus_fixtures import MIMIC_LEADS, copy_record, write_code15, write_mimic
 
-from ecgbench.data.readers import CANONICAL_LEADS, RecordRejected, load_record
+from ecgbench.data.readers import CANONICAL_LEADS, RecordRejected, code15, load_record
 from ecgbench.data.readers.base import to_canonical_leads
 from ecgbench.data.readers.code15 import Code15Reader
 from ecgbench.data.readers.cpsc import CpscReader
@@ -19,7 +19,7 @@ from ecgbench.data.readers.csn import CsnReader
 from ecgbench.data.readers.mimic import MimicReader
 from ecgbench.data.readers.ptbxl import PtbXlReader, english_description, load_statements
 from ecgbench.data.readers.wfdb_dir import WfdbReader
-from ecgbench.errors import UserError
+from ecgbench.errors import CorruptFileError, UserError
 from ecgbench.resources import SAMPLE_DIR
 
 
@@ -198,3 +198,26 @@ def test_malformed_metadata_table_is_a_user_error(tmp_path):
     (tmp_path / "ptbxl_database.csv").write_text(json.dumps({"not": "a csv"}))
     with pytest.raises(UserError, match="lacks the columns ecg_id, patient_id"):
         PtbXlReader(tmp_path).discover()
+
+
+def test_truncated_metadata_table_is_a_corruption_error(tmp_path):
+    # ptbxl_database.csv cut inside its only data row: the row is shorter than the header.
+    (tmp_path / "records100").mkdir()
+    text = (SAMPLE_DIR / "ptbxl/ptbxl_database.csv").read_text()
+    (tmp_path / "ptbxl_database.csv").write_text(text[: text.index("\n") + 60])
+    with pytest.raises(CorruptFileError, match="data row 1 is shorter than the header"):
+        PtbXlReader(tmp_path).discover()
+
+
+def test_code15_unreadable_age_is_unknown_and_a_truncated_hdf5_is_a_corruption_error(tmp_path):
+    root = write_code15(tmp_path / "code15")
+    exams = root / "exams.csv"
+    exams.write_text(exams.read_text().replace("1169160,38,True,", "1169160,n/a,,"))
+    refs = by_id(Code15Reader(root).discover())
+    assert (refs["1169160"].age, refs["1169160"].sex) == (None, None)
+    assert (refs["2873686"].age, refs["2873686"].sex) == (73.0, "M")
+    hdf5 = root / "exams_part0.hdf5"
+    hdf5.write_bytes(hdf5.read_bytes()[:50_000])
+    code15._open_hdf5.cache_clear()  # the handle of the intact file is cached in this process
+    with pytest.raises(CorruptFileError, match=r"exams_part0\.hdf5 is not a CODE-15% HDF5 file"):
+        Code15Reader(root).discover()

@@ -19,7 +19,8 @@ from elm_helpers import (
 from pydantic import ValidationError
 
 from ecgbench.errors import UserError
-from ecgbench.models.elm import ECG_END, ECG_START, IGNORE_INDEX, ELMConfig, build_elm, ecg_byte_token
+from ecgbench.models.chat import IGNORE_INDEX
+from ecgbench.models.elm import ECG_END, ECG_START, ELMConfig, build_elm, ecg_byte_token
 from ecgbench.models.projector import PatchProjector, Projector, pool_tokens
 
 # The token ELM's ECG-Byte runs are long; truncation shrinks them to fit (interface C).
@@ -281,6 +282,18 @@ def test_bad_inputs_are_one_line_errors() -> None:
         elm.prepare_example(turns, [ecgs[0][:, :400], ecgs[1]], max_length=512)
     with pytest.raises(UserError, match=r"expected \(12, samples\)"):
         elm.prepare_example(turns, [ecgs[0][:11], ecgs[1]], max_length=512)
+    # A malformed conversation item (as read from JSON) is a one-line error, not a KeyError.
+    with pytest.raises(UserError, match="string 'content'"):
+        elm.prepare_example([{"role": "user"}, turns[1]], ecgs, max_length=512)
+    with pytest.raises(UserError, match="has role None"):
+        elm.prepare_prompt([{"content": "<ecg> <ecg> Same?"}], ecgs)
+
+
+def test_token_elm_checks_the_segment_length_it_was_built_for() -> None:
+    elm = make_elm("token")
+    turns, ecgs = conversations()[0]
+    with pytest.raises(UserError, match=f"this ELM reads {SIGNAL_LENGTH}"):
+        elm.prepare_example(turns, [np.concatenate([ecgs[0], ecgs[0]], axis=1)], max_length=512)
 
 
 def test_batch_with_missing_ecgs_is_rejected() -> None:

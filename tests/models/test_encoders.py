@@ -236,6 +236,12 @@ def test_bad_names_options_and_inputs(real_segments: np.ndarray) -> None:
         build_encoder("st-mem", preset="huge")
     with pytest.raises(UserError, match="unknown encoder option"):
         build_encoder("mtae", patch=10)
+    with pytest.raises(UserError, match="patch_size must be positive"):
+        build_encoder("st-mem", patch_size=0)
+    with pytest.raises(UserError, match="mask_ratio"):
+        build_encoder("mlae", mask_ratio=1.0)
+    with pytest.raises(UserError, match="divisible by pool_heads"):
+        build_encoder("merl", pool_heads=5)
     encoder = build("st-mem")
     with pytest.raises(UserError, match="not a multiple of the patch size"):
         encoder.features(torch.from_numpy(real_segments[:1, :, : 1000 + 7]))

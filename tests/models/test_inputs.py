@@ -190,5 +190,7 @@ def test_publication_figure_svg_and_bad_suffix(real_segments: np.ndarray, tmp_pa
     assert text.lstrip().startswith("<svg") and "aVR" in text and "V6" in text
     with pytest.raises(UserError, match="format"):
         publication_figure(real_segments[0], tmp_path / "ecg.bmp")
+    with pytest.raises(UserError, match="does not exist"):
+        publication_figure(real_segments[0], tmp_path / "missing" / "ecg.svg")
     with pytest.raises(UserError, match="one segment"):
         publication_figure(real_segments, tmp_path / "ecg.svg")

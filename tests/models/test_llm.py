@@ -15,7 +15,7 @@ from ecgbench.models import offline_assets
 from ecgbench.models.chat import IGNORE_INDEX, render_prompt, tokenize_conversation
 from ecgbench.models.llm import (
     DEFAULT_LORA_TARGETS,
-    LoraConfigSpec,
+    LoraSpec,
     load_llm,
     load_llm_from_settings,
     lora_spec,
@@ -109,7 +109,7 @@ def test_dtype_is_honoured() -> None:
 
 
 def test_lora_rank_alpha_dropout_and_targets_are_honoured() -> None:
-    spec = LoraConfigSpec(rank=4, alpha=12.0, dropout=0.25, target_modules=("q_proj", "v_proj"))
+    spec = LoraSpec(rank=4, alpha=12.0, dropout=0.25, target_modules=["q_proj", "v_proj"])
     llm = load_llm("tiny-llama", lora=spec)
     wrapped = {name: m for name, m in llm.model.named_modules() if hasattr(m, "lora_A")}
     assert {name.rsplit(".", 1)[-1] for name in wrapped} == {"q_proj", "v_proj"}
@@ -126,7 +126,7 @@ def test_lora_rank_alpha_dropout_and_targets_are_honoured() -> None:
 
 @pytest.mark.parametrize("family", ["gpt2", "opt", "gemma2"])
 def test_lora_default_targets_per_family(family: str) -> None:
-    llm = load_llm(f"tiny-{family}", lora=LoraConfigSpec(rank=2, alpha=2.0, dropout=0.0))
+    llm = load_llm(f"tiny-{family}", lora=LoraSpec(rank=2, alpha=2.0, dropout=0.0))
     wrapped = {n.rsplit(".", 1)[-1] for n, m in llm.model.named_modules() if hasattr(m, "lora_A")}
     assert wrapped == set(DEFAULT_LORA_TARGETS[family])
     assert torch.isfinite(llm.model(**_batch(llm)).loss)
@@ -134,11 +134,11 @@ def test_lora_default_targets_per_family(family: str) -> None:
 
 def test_lora_unknown_target_is_a_user_error() -> None:
     with pytest.raises(UserError, match=r"c_attn.*projection layers: .*q_proj"):
-        load_llm("tiny-llama", lora=LoraConfigSpec(target_modules=("c_attn",)))
+        load_llm("tiny-llama", lora=LoraSpec(target_modules=["c_attn"]))
 
 
 def test_gradient_checkpointing_with_lora_trains() -> None:
-    llm = load_llm("tiny-llama", gradient_checkpointing=True, lora=LoraConfigSpec(rank=2))
+    llm = load_llm("tiny-llama", gradient_checkpointing=True, lora=LoraSpec(rank=2))
     base = llm.model.get_base_model()
     assert base.is_activation_checkpointing and base.config.use_cache is False
     llm.model.train()

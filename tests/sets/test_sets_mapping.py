@@ -213,11 +213,12 @@ def test_ecgqa_malformed_items(tmp_path: Path) -> None:
         {k: v for k, v in real.items() if k != "question"} | {"sample_id": 4},
         ["not", "an", "item"],
         {**real, "sample_id": 5, "answer": "yes"},
+        {**real, "sample_id": 6, "question_type": 7},
     ]
     (root / "template" / "test" / "80000.json").write_text(json.dumps(items))
     table, report = map_source_set("ecg-qa-ptbxl", root, ecgqa_lookup("ptbxl", "ptbxl"))
     assert report.mapped == 2 and len(table) == 2
-    assert report.skipped == {"empty answer": 2, "missing ECG": 1, "malformed item": 2}
+    assert report.skipped == {"empty answer": 2, "missing ECG": 1, "malformed item": 3}
     assert report.repaired == {"answer stored as a string": 1}
 
 
@@ -299,6 +300,28 @@ def test_ecg_chat_instruct(write_json) -> None:
     assert [t["role"] for t in first.turns] == ["user", "assistant", "user", "assistant"]
     assert count_placeholders(first.turns) == 1 and count_placeholders(second.turns) == 1
     assert first.ecgs == [EcgRef("mimic", "40689238")]
+
+
+@pytest.mark.parametrize(
+    ("name", "file", "path_key"),
+    [
+        ("ecg-instruct-45k", "ecg_instruct_45k.json", "ecg"),
+        ("ecg-grounding", "grounding_train_30k.json", "ecg"),
+        ("ecg-instruct-pulse", "ECGInstruct.json", "image"),
+    ],
+)
+def test_items_without_an_id_fall_back_to_file_and_position(write_json, name, file, path_key) -> None:
+    turns = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    path = "mimic_v4/p1000/p10000032/s40689238/40689238-0.png"
+    items = [
+        {"id": None, path_key: path, "conversations": turns},
+        {path_key: path, "conversations": turns},
+        {"id": 7, path_key: path, "conversations": turns},
+    ]
+    table, report = map_source_set(name, write_json(file, items), lookup_for(LOOKUP_RECORDS))
+    assert report.mapped == 3
+    stem = file.removesuffix(".json")
+    assert [c.source_id for c in iter_conversations(table)] == [f"{stem}:0", f"{stem}:1", "7"]
 
 
 def test_ecg_chat_pretrain_repairs(write_json) -> None:

@@ -75,6 +75,15 @@ def test_unseen_records_round_trip(chapman, ptbxl):
             assert tok.decode_symbols(ids) == (codes + 97).tobytes().decode()
 
 
+def test_progress_counter_restarts_with_each_training():
+    trainer = Trainer()
+    trainer.train(bytes([0, 1] * 50), [100], 5, 2, False, 1)
+    assert trainer.merges_done() > 0
+    with pytest.raises(ValueError, match=r"not in 0\.\.26"):
+        trainer.train(bytes([0, 30]), [2], 5, 2, False, 1)
+    assert trainer.merges_done() == 0
+
+
 def test_bad_symbol_input():
     with pytest.raises(UserError, match="empty corpus"):
         ECGByteTokenizer.train_symbols([], 10)

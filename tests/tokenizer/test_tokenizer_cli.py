@@ -77,16 +77,23 @@ def test_symbols_file_and_settings(tmp_path, monkeypatch):
     run("tokenizer", "encode", tmp_path / "t.json", "--symbols", text, "--out", tmp_path / "ids.jsonl")
     result = run("tokenizer", "decode", tmp_path / "t.json", tmp_path / "ids.jsonl")
     assert result.stdout.split() == ["aabbaabbccaabb", "mmmmnnnnmmmm", "zzzyzzzy"]
+    decoded = tmp_path / "new_dir" / "symbols.txt"
+    run("tokenizer", "decode", tmp_path / "t.json", tmp_path / "ids.jsonl", "--out", decoded)
+    assert decoded.read_text().split() == ["aabbaabbccaabb", "mmmmnnnnmmmm", "zzzyzzzy"]
 
 
 def test_store_input(tmp_path):
     from ecgbench.data.prepare import prepare
+    from ecgbench.data.store import SegmentStore
     from ecgbench.settings import DataSettings
 
     prepare("sample", None, tmp_path / "store", DataSettings(), limit=4)
     run("tokenizer", "train", "--store", tmp_path / "store", "--out", tmp_path / "t.json", "--num-merges", 50)
     tok = ECGByteTokenizer.load(tmp_path / "t.json")
-    assert tok.training["segments"] > 0 and tok.num_merges == 50
+    n_segments = len(SegmentStore.open(tmp_path / "store"))
+    assert n_segments > 0
+    assert tok.training["segments"] + tok.training["skipped_segments"] == n_segments
+    assert tok.num_merges == 50
 
 
 def test_import_pkl(tmp_path):
@@ -109,6 +116,13 @@ def test_bad_inputs_are_one_line_errors(tmp_path, npy):
     bad_jsonl.write_text('{"index": 0, "ids": [1, 2]}\n{"index": 1, "ids": [1,\n')
     bad_tok = tmp_path / "bad.json"
     bad_tok.write_text(tok_path.read_text()[:100])
+    # Rows in the schema `encode` writes (index, ids, n_leads, lo, hi), each with one field broken.
+    text_ids = tmp_path / "text_ids.jsonl"
+    text_ids.write_text('{"index": 0, "ids": ["a", "b"], "n_leads": null, "lo": null, "hi": null}\n')
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    bad_scale = tmp_path / "bad_scale.jsonl"
+    bad_scale.write_text('{"index": 0, "ids": [1, 2], "n_leads": 2, "lo": [0.0, 1.0], "hi": [2.0]}\n')
     cases = [
         (["train", "--npy", tmp_path / "missing.npy", "--out", tok_path], "file not found"),
         (["train", "--npy", truncated, "--out", tok_path], "truncated"),
@@ -119,6 +133,14 @@ def test_bad_inputs_are_one_line_errors(tmp_path, npy):
         (["train", "--npy", npy, "--out", tok_path, "--normalization", "zscore"], "--normalization"),
         (["train", "--npy", npy, "--out", tok_path, "--num-merges", "0"], "--num-merges"),
         (["decode", tok_path, bad_jsonl], "malformed JSON line"),
+        (["decode", tok_path, text_ids], "no 'ids' list of integers"),
+        (["decode", tok_path, empty], "holds no rows"),
+        (["decode", tok_path, bad_scale, "--to", "signal", "--out", tmp_path / "x.npy"], "malformed lo/hi"),
+        (["encode", tok_path, "--npy", npy, "--out", tmp_path / "ids.csv"], "must end in .parquet or .jsonl"),
+        (
+            ["train", "--symbols", bad_symbols, "--out", tok_path, "--lead-boundaries"],
+            "only for signal input",
+        ),
         (["encode", bad_tok, "--npy", npy], "truncated or not JSON"),
         (["import-pkl", npy, "--out", tmp_path / "x.json"], "refused"),
     ]

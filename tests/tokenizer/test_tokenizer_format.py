@@ -28,7 +28,12 @@ def test_round_trip(tmp_path, tokenizer, ptbxl):
     assert document["format"] == "ecgbench/ecg-byte-tokenizer" and document["version"] == 1
     assert "ids 0..25" in document["id_layout"]
     assert document["checksum"].startswith("sha256:")
-    assert not list(tmp_path.glob(".*tmp"))  # written atomically
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]  # no temporary file left behind
+
+
+def test_directory_gets_a_tokenizer_json(tmp_path, tokenizer):
+    assert tokenizer.save(tmp_path) == tmp_path / "tokenizer.json"
+    assert ECGByteTokenizer.load(tmp_path).merges == tokenizer.merges
 
 
 def test_truncated_file(tmp_path, tokenizer):

@@ -84,6 +84,13 @@ def test_bad_signals_are_clear_errors(chapman):
         tok.encode_batch([chapman[1], nan])
 
 
+def test_percentiles_must_be_ordered(chapman):
+    with pytest.raises(UserError, match="0 <= low < high <= 100"):
+        ECGByteTokenizer.train(
+            chapman[:2], 20, normalization="percentile", percentile_low=60, percentile_high=55
+        )
+
+
 def test_training_skips_and_counts_invalid_segments(chapman):
     nan = chapman[0].copy()
     nan[0, :10] = np.nan

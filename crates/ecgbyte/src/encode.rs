@@ -23,7 +23,7 @@ use std::sync::{Mutex, OnceLock};
 use fxhash::FxHashMap;
 use rayon::prelude::*;
 
-use crate::train::{left_start, SEP, SPAN};
+use crate::train::{join_at, left_start, SEP};
 use crate::{token_lengths, token_symbols, Error, NUM_SYMBOLS};
 
 const NO_RANK: u32 = u32::MAX;
@@ -59,7 +59,7 @@ pub struct Encoder {
 
 /// Reusable per-worker scratch space.
 struct Scratch {
-    /// Chunks still to encode, `SEP`-separated, in the span layout of training.
+    /// Chunks still to encode, `SEP`-separated, in the span layout of training (see `train`).
     tok: Vec<u32>,
     buckets: Vec<Vec<u32>>,
     nonempty: Vec<u64>,
@@ -300,17 +300,9 @@ impl Encoder {
             );
             for &p in &bucket {
                 let p = p as usize;
-                if tok[p] != a {
+                let Some(after) = join_at(tok, p, (a, b), (len_a, len_b), new) else {
                     continue;
-                }
-                let j = p + len_a;
-                if tok[j] != b {
-                    continue;
-                }
-                let after = j + len_b;
-                tok[p] = new;
-                tok[j] = SPAN | p as u32;
-                tok[after - 1] = SPAN | p as u32;
+                };
                 let left = left_start(tok, p);
                 if tok[left] != SEP {
                     let r2 = self.ranks.get(tok[left], new);

@@ -71,6 +71,28 @@ pub(crate) fn left_start(tok: &[u32], p: usize) -> usize {
     }
 }
 
+/// Joins the token `a` at slot `p` and the token `b` right after it into `new`, if both are still
+/// there (listed positions go stale as merges proceed); returns the slot after the joined token.
+/// Only slots `p` and later change, so `left_start(tok, p)` and `tok[after]` read the neighbours.
+#[inline]
+pub(crate) fn join_at(
+    tok: &mut [u32],
+    p: usize,
+    (a, b): (u32, u32),
+    (len_a, len_b): (usize, usize),
+    new: u32,
+) -> Option<usize> {
+    let j = p + len_a;
+    if tok[p] != a || tok[j] != b {
+        return None;
+    }
+    let after = j + len_b;
+    tok[p] = new;
+    tok[j] = SPAN | p as u32;
+    tok[after - 1] = SPAN | p as u32;
+    Some(after)
+}
+
 struct Pair {
     key: u64,
     count: i64,
@@ -183,6 +205,7 @@ pub fn train(
     options: TrainOptions,
     done: &AtomicUsize,
 ) -> Result<Training, Error> {
+    done.store(0, Ordering::Relaxed);
     validate_corpus(symbols, pieces)?;
     if symbols.is_empty() {
         return Err(Error::Empty);
@@ -249,14 +272,9 @@ pub fn train(
         let mut applied: u64 = 0;
         for &p in &positions {
             let p = p as usize;
-            if tok[p] != a {
+            let Some(after) = join_at(&mut tok, p, (a, b), (len_a, len_b), new) else {
                 continue;
-            }
-            let j = p + len_a;
-            if tok[j] != b {
-                continue;
-            }
-            let after = j + len_b;
+            };
             let left = left_start(&tok, p);
             let left_id = tok[left];
             if left_id != SEP {
@@ -269,9 +287,6 @@ pub fn train(
                 table.increment(new, right_id, p as u32, step);
             }
             table.decrement(a, b);
-            tok[p] = new;
-            tok[j] = SPAN | p as u32;
-            tok[after - 1] = SPAN | p as u32;
             applied += 1;
         }
         drop(positions);

@@ -267,7 +267,7 @@ def stats_command(
     result: dict = {}
     if store:
         opened = _open_stores(store)
-        result["store"] = stats.store_stats([s.index for s in opened], [_manifest(s) for s in opened])
+        result["store"] = stats.store_stats([s.index for s in opened], [s.manifest for s in opened])
         stdout.print(_store_table(result["store"]))
     if sets:
         result["sets"] = {str(path): stats.set_stats(read_conversation_set(path)) for path in sets}
@@ -275,11 +275,6 @@ def stats_command(
     if out is not None:
         for path in stats.write_stats(result, out):
             stdout.print(f"wrote {path}")
-
-
-def _manifest(store: SegmentStore) -> dict:
-    manifest = getattr(store, "manifest", None)
-    return manifest if isinstance(manifest, dict) else {}
 
 
 def _store_table(s: dict) -> Table:

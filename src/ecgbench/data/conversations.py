@@ -32,7 +32,6 @@ and ``mapping`` (mapped / repaired / skipped counts per source).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,15 +39,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from ecgbench.data.files import read_parquet, write_parquet
 from ecgbench.errors import CorruptFileError, UserError
 
 FORMAT_NAME = "conversation_set"
 FORMAT_VERSION = 1
 METADATA_KEY = b"ecgbench"
 ECG_PLACEHOLDER = "<ecg>"
-ROLES = ("system", "user", "assistant")
 SPLITS = ("train", "val", "test")
 
 TURN_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -144,28 +142,19 @@ def with_info(table: pa.Table, **info: Any) -> pa.Table:
 
 
 def write_conversation_set(path: Path, table: pa.Table) -> Path:
-    """Write atomically (temporary name, then rename), so an interrupted run never leaves half a file."""
+    """Write atomically, so an interrupted run never leaves half a file."""
     path = Path(path)
     if table.schema.remove_metadata() != SCHEMA:
         raise ValueError(f"not a conversation set table: {table.schema}")
     ids = table.column("conversation_id")
     if pc.count_distinct(ids).as_py() != len(ids):
         raise UserError(f"{path}: conversation ids are not unique (was a set mixed in twice?)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(with_info(table), tmp, compression="zstd")
-    os.replace(tmp, path)
-    return path
+    return write_parquet(path, with_info(table))
 
 
 def read_conversation_set(path: Path) -> pa.Table:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"conversation set not found: {path}")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise CorruptFileError(f"{path} is not a readable Parquet file: {exc}") from None
+    table = read_parquet(path, "conversation set")
     info = set_info(table)
     if info.get("format") != FORMAT_NAME:
         raise CorruptFileError(f"{path} is not a conversation set (no ecgbench metadata)")

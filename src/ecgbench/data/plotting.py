@@ -15,9 +15,9 @@ from typing import Literal
 
 import numpy as np
 
+from ecgbench.data.readers.base import CANONICAL_LEADS
 from ecgbench.errors import UserError
 
-LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 COLUMNS = (("I", "II", "III"), ("aVR", "aVL", "aVF"), ("V1", "V2", "V3"), ("V4", "V5", "V6"))
 SPEED_MM_S = 25.0
 GAIN_MM_MV = 10.0
@@ -39,7 +39,7 @@ def _matplotlib():
 
 def _check_signal(signal: np.ndarray) -> np.ndarray:
     signal = np.asarray(signal, dtype=np.float64)
-    if signal.ndim != 2 or signal.shape[0] != len(LEADS):
+    if signal.ndim != 2 or signal.shape[0] != len(CANONICAL_LEADS):
         raise UserError(f"a 12-lead plot needs a (12, samples) signal, got shape {signal.shape}")
     if signal.shape[1] < 8:
         raise UserError(f"segment too short to plot ({signal.shape[1]} samples)")
@@ -87,12 +87,12 @@ def render_twelve_lead(signal: np.ndarray, fs: float, path: Path, *, title: str 
         baseline = height_mm - MARGIN_MM - (row + 0.5) * ROW_MM
         _calibration(ax, MARGIN_MM, baseline)
         if row == 3:
-            lead = LEADS.index("II")
+            lead = CANONICAL_LEADS.index("II")
             ax.plot(left + t_mm, baseline + signal[lead] * GAIN_MM_MV, color="black", lw=0.6)
             ax.text(left + 1, baseline + 0.35 * ROW_MM, "II", fontsize=7)
             continue
         for col, names in enumerate(COLUMNS):
-            lead = LEADS.index(names[row])
+            lead = CANONICAL_LEADS.index(names[row])
             start, stop = col * quarter, (col + 1) * quarter if col < 3 else n
             ax.plot(
                 left + t_mm[start:stop],
@@ -126,7 +126,7 @@ def render_with_ecg_plot(
     chart = ecg_plot.plot(
         signal,
         sample_rate=fs,
-        lead_names=list(LEADS),
+        lead_names=list(CANONICAL_LEADS),
         layout="12lead",
         time_mode="sequential",
         rhythm_lead="II",

@@ -24,9 +24,9 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ecgbench.console import progress
+from ecgbench.data.files import read_parquet, write_parquet
 from ecgbench.errors import CorruptFileError, UserError
 
 SampleMethod = Literal["random", "stratified"]
@@ -240,10 +240,7 @@ def write_sample(path: Path, sample: SegmentSample) -> Path:
             "cluster": pa.array(sample.clusters, pa.int32()),
         }
     ).replace_schema_metadata({b"ecgbench": json.dumps(sample.info()).encode()})
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_parquet(path, table)
 
 
 def export_segments(store: SegmentSource, ids: np.ndarray, path: Path) -> Path:
@@ -271,12 +268,7 @@ def export_segments(store: SegmentSource, ids: np.ndarray, path: Path) -> Path:
 def read_sample(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     """Segment ids of a sample file and its metadata (method, seed, percentiles)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sample file not found: {path}")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise CorruptFileError(f"{path} is not a readable Parquet file: {exc}") from None
+    table = read_parquet(path, "sample file")
     raw = (table.schema.metadata or {}).get(b"ecgbench")
     info = json.loads(raw) if raw else {}
     if info.get("format") != SAMPLE_FORMAT or "segment_id" not in table.schema.names:

@@ -15,7 +15,6 @@ none: its ``split`` stays null and it is counted, never silently put on one side
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -26,9 +25,9 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ecgbench.data.conversations import SCHEMA
+from ecgbench.data.files import read_parquet, write_parquet
 from ecgbench.errors import UserError
 
 SplitMethod = Literal["patient", "strat_fold"]
@@ -167,20 +166,14 @@ def assign_folds(
 
 
 def write_record_splits(path: Path, record_splits: pa.Table) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(record_splits, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_parquet(path, record_splits)
 
 
 def read_record_splits(path: Path) -> pa.Table:
     """A ``splits.parquet`` written by ``data split``, checked against its schema."""
     if not path.is_file():
         raise UserError(f"splits file not found: {path} (write it with `ecgbench data split`)")
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UserError(f"{path} is not a readable Parquet file: {exc}") from None
+    table = read_parquet(path, "splits file")
     missing = [f.name for f in RECORD_SPLIT_SCHEMA if f.name not in table.column_names]
     if missing:
         raise UserError(f"{path} is not a splits file from `data split` (missing columns {missing})")

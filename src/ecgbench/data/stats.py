@@ -28,25 +28,18 @@ def rejected_counts(manifest: dict[str, Any]) -> dict[str, int]:
 
 
 _STAT_COLUMNS = [
-    "corpus", "record_id", "patient_id", "labels", "sex", "age", "fs", "n_samples", "flat_leads", "saturated",
-    "nan_filled", "duration_s",
+    "corpus", "record_id", "patient_id", "labels", "sex", "age", "flat_leads", "saturated", "nan_filled",
+    "duration_s",
 ]  # fmt: skip
 
 
 def store_stats(indexes: Sequence[pa.Table], manifests: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Statistics of one or more segment stores (their indexes and manifests) taken together."""
-    columns = [c for c in _STAT_COLUMNS if all(c in i.schema.names for i in indexes)]
-    index = pa.concat_tables([i.select(columns) for i in indexes])
+    index = pa.concat_tables([i.select(_STAT_COLUMNS) for i in indexes])
     heads = record_heads(index)
     corpora = index.column("corpus").to_pylist()
-    seconds = (
-        pc.divide(pc.cast(index.column("n_samples"), pa.float64()), pc.cast(index.column("fs"), pa.float64()))
-        .to_numpy(zero_copy_only=False)
-        .astype(np.float64)
-    )
-    if "duration_s" in index.schema.names:
-        # The real (unpadded) length when the store records it.
-        seconds = index.column("duration_s").to_numpy(zero_copy_only=False).astype(np.float64)
+    # The real (unpadded) length of each segment.
+    seconds = index.column("duration_s").to_numpy(zero_copy_only=False).astype(np.float64)
     per_corpus: dict[str, dict[str, Any]] = {}
     for corpus in sorted(set(corpora)):
         mask = np.asarray([c == corpus for c in corpora])

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ecgbench.data.files import atomic_write, write_parquet
 from ecgbench.data.readers.base import CANONICAL_LEADS
 from ecgbench.errors import CorruptFileError, UserError
 
@@ -233,16 +235,6 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, flush it to disk, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with tmp.open("rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, value: Any) -> None:
     atomic_write(
         path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, sort_keys=False) + "\n", "utf-8")
@@ -255,10 +247,6 @@ def _save_npy(array: np.ndarray) -> Callable[[Path], None]:
             np.save(handle, array, allow_pickle=False)
 
     return write
-
-
-def _save_parquet(table: pa.Table) -> Callable[[Path], None]:
-    return lambda tmp: pq.write_table(table, tmp, compression="zstd")
 
 
 @dataclass
@@ -394,14 +382,11 @@ class StoreWriter:
         """Delete files of a commit that never completed (and temporary files)."""
         shards = {c["shard"] for c in self.commits if c["shard"] is not None}
         numbers = {c["number"] for c in self.commits}
-        for file in (self.path / "shards").glob("*"):
-            if file.name.startswith(".") or int(file.stem.split("-")[-1]) not in shards:
-                file.unlink()
-        for file in self.progress.glob("*"):
-            if file.name == "state.json":
-                continue
-            if file.name.startswith(".") or int(file.stem.split("-")[-1]) not in numbers:
-                file.unlink()
+        for folder, kept in ((self.path / "shards", shards), (self.progress, numbers)):
+            for file in folder.glob("*"):
+                number = _part_number(file.name)
+                if file.name.startswith(".") or (number is not None and number not in kept):
+                    file.unlink()
 
     # -- appending
 
@@ -460,12 +445,10 @@ class StoreWriter:
             for offset, row in enumerate(self._rows):
                 row["shard"] = shard
                 row["offset"] = offset
-            atomic_write(
-                self.progress / f"index-{number:05d}.parquet", _save_parquet(_rows_table(self._rows))
-            )
+            write_parquet(self.progress / f"index-{number:05d}.parquet", _rows_table(self._rows))
         if self._rejected:
             table = pa.Table.from_pylist(self._rejected, schema=REJECTED_SCHEMA)
-            atomic_write(self.progress / f"rejected-{number:05d}.parquet", _save_parquet(table))
+            write_parquet(self.progress / f"rejected-{number:05d}.parquet", table)
         self.commits.append(
             {
                 "number": number,
@@ -516,6 +499,13 @@ class StoreWriter:
         )
 
 
+def _part_number(name: str) -> int | None:
+    """The number of a file the writer names (``shard-00003.npy``, ``index-00003.parquet``); None for others
+    (``state.json``, or a file the writer did not create, which it leaves alone)."""
+    match = re.fullmatch(r"(?:shard|index|rejected)-(\d+)\.(?:npy|parquet)", name)
+    return int(match[1]) if match else None
+
+
 def _rows_table(rows: list[dict[str, Any]]) -> pa.Table:
     columns = {name: [row.get(name) for row in rows] for name in INDEX_SCHEMA.names if name != "segment_id"}
     columns["segment_id"] = [0] * len(rows)  # assigned when the index is assembled
@@ -534,9 +524,9 @@ def write_store_files(
     index = index.set_column(0, "segment_id", pa.array(np.arange(index.num_rows, dtype=np.int64)))
     if sum(s["segments"] for s in shards) != index.num_rows:
         raise CorruptFileError(f"{path}: shard sizes do not add up to the index rows")
-    atomic_write(path / INDEX, _save_parquet(index.cast(INDEX_SCHEMA)))
+    write_parquet(path / INDEX, index.cast(INDEX_SCHEMA))
     rejected = pa.concat_tables(rejected_parts) if rejected_parts else REJECTED_SCHEMA.empty_table()
-    atomic_write(path / REJECTED, _save_parquet(rejected.cast(REJECTED_SCHEMA)))
+    write_parquet(path / REJECTED, rejected.cast(REJECTED_SCHEMA))
     full = {
         "format": STORE_FORMAT,
         "version": STORE_VERSION,

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from ecgbench.data.conversations import ECG_PLACEHOLDER
 from ecgbench.errors import UserError
 from ecgbench.resources import RESOURCES_DIR
 
-ECG_PLACEHOLDER = "<ecg>"
 IGNORE_INDEX = -100
 CHAT_TEMPLATES_DIR = RESOURCES_DIR / "chat_templates"
 
@@ -69,8 +69,8 @@ def chat_template(tokenizer: Any, family: str) -> str:
     return own if own else family_chat_template(tokenizer, family)
 
 
-def _check_turns(
-    turns: Sequence[Mapping[str, str]], system: str | None
+def check_turns(
+    turns: Sequence[Mapping[str, str]], system: str | None = None
 ) -> tuple[list[dict[str, str]], str | None]:
     """Validated copies of the turns; a leading system turn is taken as the system prompt."""
     out = []
@@ -254,7 +254,7 @@ def _encode(
     system: str | None,
     generation_prompt: bool,
 ) -> tuple[list[int], list[int]]:
-    turns_checked, system = _check_turns(turns, system)
+    turns_checked, system = check_turns(turns, system)
     last_role = "user" if generation_prompt else "assistant"
     if turns_checked[-1]["role"] != last_role:
         what = (

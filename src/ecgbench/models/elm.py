@@ -26,7 +26,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from transformers import GenerationConfig
 
+from ecgbench.data.conversations import count_placeholders
 from ecgbench.errors import UserError
+from ecgbench.models.chat import (
+    ECG_PLACEHOLDER,
+    check_turns,
+    end_of_turn_ids,
+    pad_batch,
+    render_prompt,
+    tokenize_conversation,
+)
+from ecgbench.models.llm import LoraSpec
 from ecgbench.models.projector import PatchProjector, Projector, ProjectorKind, pool_tokens
 
 if TYPE_CHECKING:
@@ -34,11 +44,8 @@ if TYPE_CHECKING:
     from ecgbench.models.llm import LoadedLLM
     from ecgbench.tokenizer import ECGByteTokenizer
 
-#: the placeholder for one ECG in user turns (interface C)
-ECG_PLACEHOLDER = "<ecg>"
 ECG_START = "<ecg_start>"
 ECG_END = "<ecg_end>"
-IGNORE_INDEX = -100
 #: truncation shrinks an ECG-Byte run no further than this many tokens
 MIN_ECG_BYTE_TOKENS = 64
 
@@ -49,17 +56,6 @@ ARCHITECTURES: tuple[str, ...] = ("token", "encoder", "encoder-free")
 def ecg_byte_token(index: int) -> str:
     """The LLM token string for ECG-Byte id ``index``."""
     return f"<ecgb_{index}>"
-
-
-class LoraSpec(BaseModel):
-    """LoRA adaptation of the LLM (passed to ``load_llm``; peft builds the adapters)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rank: int = Field(16, ge=1)
-    alpha: float = Field(32.0, gt=0)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | None = Field(None, description="None: the LLM family's default")
 
 
 class ELMConfig(BaseModel):
@@ -128,10 +124,6 @@ def check_signals(ecgs: Sequence[np.ndarray] | np.ndarray, length: int | None) -
             raise UserError(f"ECG {i} contains NaN or infinite samples")
         arrays.append(arr)
     return arrays
-
-
-def count_placeholders(turns: Sequence[Mapping[str, str]]) -> int:
-    return sum(turn["content"].count(ECG_PLACEHOLDER) for turn in turns if turn["role"] == "user")
 
 
 class ELM(nn.Module):
@@ -282,13 +274,15 @@ class ELM(nn.Module):
 
     def _ecg_token_ids(self, ecgs: Sequence[np.ndarray]) -> list[list[int]]:
         if self.config.architecture == "token":
-            encoded = self.ecg_tokenizer.encode_batch(check_signals(ecgs, None))  # type: ignore[union-attr]
+            signals = check_signals(ecgs, self.config.signal_length)
+            encoded = self.ecg_tokenizer.encode_batch(signals)  # type: ignore[union-attr]
             return [(np.asarray(ids, dtype=np.int64) + self.first_new_id).tolist() for ids in encoded]
         return [[self.placeholder_id] * self.soft_tokens_per_ecg for _ in ecgs]
 
     def _check_turns(
         self, turns: Sequence[Mapping[str, str]], ecgs: Sequence[np.ndarray]
     ) -> list[dict[str, str]]:
+        check_turns(turns)  # malformed turns (missing role or content) fail here in one line
         placeholders = count_placeholders(turns)
         if placeholders != len(ecgs):
             raise UserError(
@@ -326,8 +320,6 @@ class ELM(nn.Module):
         min_ecg_tokens: int | None = None,
     ) -> dict[str, Any]:
         """One training example: ids, attention mask, labels (assistant spans only) and ECG inputs."""
-        from ecgbench.models.chat import tokenize_conversation
-
         checked = self._check_turns(turns, ecgs)
         if min_ecg_tokens is None:
             min_ecg_tokens = self._min_ecg_tokens()
@@ -353,8 +345,6 @@ class ELM(nn.Module):
         system: str | None = None,
     ) -> dict[str, Any]:
         """A generation prompt (turns ending with a user turn) ready for ``collate(..., "left")``."""
-        from ecgbench.models.chat import render_prompt
-
         checked = self._check_turns(turns, ecgs)
         kwargs: dict[str, Any] = {"ecg_token_ids": self._ecg_token_ids(ecgs), "system": system}
         if max_length is not None:
@@ -385,8 +375,6 @@ class ELM(nn.Module):
         self, examples: Sequence[Mapping[str, Any]], padding_side: Literal["left", "right"] = "right"
     ) -> dict[str, torch.Tensor]:
         """Pad examples into a batch: right padding for training, left padding for generation."""
-        from ecgbench.models.chat import pad_batch
-
         padded = pad_batch(examples, self.pad_token_id, side=padding_side)
         batch = {key: torch.tensor(rows, dtype=torch.long) for key, rows in padded.items()}
         ecg = [ex["ecg"] for ex in examples if ex.get("ecg") is not None]
@@ -463,8 +451,6 @@ class ELM(nn.Module):
 
     def stop_token_ids(self) -> list[int]:
         """Tokens that end an answer: the template's end-of-turn markers and the EOS token(s)."""
-        from ecgbench.models.chat import end_of_turn_ids
-
         stops = list(end_of_turn_ids(self.tokenizer, self.family))
         for source in (self.llm.generation_config.eos_token_id, self.tokenizer.eos_token_id):
             for value in source if isinstance(source, list) else [source]:

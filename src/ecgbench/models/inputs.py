@@ -26,9 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ecgbench.data.readers.base import CANONICAL_LEADS
 from ecgbench.errors import UserError
 
-LEAD_NAMES = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+LEAD_NAMES = CANONICAL_LEADS  # the readers' order; PAPER_LAYOUT and the stacked bands index into it
 KINDS = ("signal", "stacked", "image", "tokens")
 Kind = Literal["signal", "stacked", "image", "tokens"]
 
@@ -249,15 +250,17 @@ def publication_figure(
     if not single:
         raise UserError("publication_figure draws one segment (12, L)")
     path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".svg", ".png", ".pdf", ".jpg", ".jpeg"):
+        raise UserError(f"figure format must be .svg, .png, .pdf or .jpg, not {suffix or 'none'!r}")
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
     chart = ecg_plot.plot(
         batch[0].numpy(), sample_rate=fs, lead_names=list(LEAD_NAMES), layout="12lead", title=title
     )
-    suffix = path.suffix.lower()
     if suffix == ".svg":
         path.write_text(chart.to_svg(), encoding="utf-8")
         return path
-    if suffix not in (".png", ".pdf", ".jpg", ".jpeg"):
-        raise UserError(f"figure format must be .svg, .png, .pdf or .jpg, not {suffix or 'none'!r}")
     figure, _ = chart.to_matplotlib()
     figure.savefig(path, dpi=200)
     return path

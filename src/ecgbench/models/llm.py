@@ -19,10 +19,11 @@ generation config that stops at the template's end-of-turn token as well as at E
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from ecgbench.errors import CorruptFileError, UserError
 from ecgbench.models import offline_assets
@@ -119,14 +120,16 @@ DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class LoraConfigSpec:
-    """LoRA hyper-parameters; ``target_modules=None`` means the family's attention and MLP projections."""
+class LoraSpec(BaseModel):
+    """LoRA hyper-parameters (peft builds the adapters); ``target_modules=None`` means the family's
+    attention and MLP projections."""
 
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] | None = None
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | None = Field(None, description="None: the LLM family's default")
 
 
 @dataclass
@@ -263,8 +266,7 @@ def _load_tiny(family: str, dtype: str, attn_implementation: str) -> tuple[Any, 
     tokenizer = AutoTokenizer.from_pretrained(
         str(offline_assets.tokenizer_dir(family)), local_files_only=True
     )
-    tokenizer.chat_template = family_chat_template(tokenizer, family)
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is None:  # before the config, which takes the vocabulary size and pad id
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     config = _tiny_config(family, tokenizer)
     # Same weights on every call, whatever the caller's RNG state, and without disturbing it.
@@ -295,12 +297,10 @@ def _module_names(model: Any) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
 
 
-def apply_lora(model: Any, family: str, spec: LoraConfigSpec) -> Any:
+def apply_lora(model: Any, family: str, spec: LoraSpec) -> Any:
     """Wrap ``model`` with LoRA adapters as ``spec`` says; only the adapters stay trainable."""
     from peft import LoraConfig, get_peft_model
 
-    if spec.rank < 1 or spec.alpha <= 0 or not 0 <= spec.dropout < 1:
-        raise UserError("LoRA needs rank >= 1, alpha > 0 and 0 <= dropout < 1")
     targets = tuple(spec.target_modules) if spec.target_modules else DEFAULT_LORA_TARGETS[family]
     available = _module_names(model)
     unknown = [t for t in targets if t not in available]
@@ -328,14 +328,10 @@ def load_llm(
     *,
     dtype: str = "float32",
     attn_implementation: str = "sdpa",
-    lora: LoraConfigSpec | Any | None = None,
+    lora: LoraSpec | None = None,
     gradient_checkpointing: bool = False,
 ) -> LoadedLLM:
-    """Load a causal LM and its tokenizer, ready for chat-formatted training or generation.
-
-    ``lora`` is a :class:`LoraConfigSpec` or any object with ``rank``, ``alpha``, ``dropout`` and
-    ``target_modules`` attributes.
-    """
+    """Load a causal LM and its tokenizer, ready for chat-formatted training or generation."""
     _torch_dtype(dtype)
     check_attn_implementation(attn_implementation, dtype)
     if name in TINY_PRESETS:
@@ -348,26 +344,19 @@ def load_llm(
         model.activation_checkpointing_enable({"use_reentrant": False})
         model.config.use_cache = False  # the KV cache is useless (and warned about) while checkpointing
     if lora is not None:
-        spec = LoraConfigSpec(
-            rank=int(lora.rank),
-            alpha=float(lora.alpha),
-            dropout=float(lora.dropout),
-            target_modules=tuple(lora.target_modules) if lora.target_modules else None,
-        )
-        model = apply_lora(model, family, spec)
+        model = apply_lora(model, family, lora)
     return LoadedLLM(model=model, tokenizer=tokenizer, family=family, name=name)
 
 
-def lora_spec(settings: ModelSettings) -> LoraConfigSpec | None:
+def lora_spec(settings: ModelSettings) -> LoraSpec | None:
     """The LoRA spec the model settings ask for (None when ``lora`` is off)."""
     if not settings.lora:
         return None
-    targets: Sequence[str] | None = settings.lora_target_modules
-    return LoraConfigSpec(
+    return LoraSpec(
         rank=settings.lora_rank,
         alpha=settings.lora_alpha,
         dropout=settings.lora_dropout,
-        target_modules=tuple(targets) if targets else None,
+        target_modules=settings.lora_target_modules or None,
     )
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import typer
 
 from ecgbench.console import console, progress, stdout
+from ecgbench.data.files import atomic_write
 from ecgbench.errors import CorruptFileError, UserError
 from ecgbench.settings import TokenizerSettings
 from ecgbench.tokenizer.core import ECGByteTokenizer
@@ -22,6 +23,8 @@ app = typer.Typer(
 
 # Segments encoded per progress step.
 _CHUNK = 512
+# What `encode` writes and `decode` reads.
+ROW_SUFFIXES = (".parquet", ".jsonl")
 
 NpyOpt = Annotated[
     list[Path] | None, typer.Option("--npy", help=".npy array (N, leads, L) or (leads, L) in mV; repeatable")
@@ -132,10 +135,6 @@ def read_inputs(
     return inputs
 
 
-def load_tokenizer(path: Path) -> ECGByteTokenizer:
-    return ECGByteTokenizer.load(path)
-
-
 def encode_inputs(
     tokenizer: ECGByteTokenizer, inputs: Inputs, mode: str | None, threads: int | None
 ) -> tuple[list[np.ndarray], list[SignalScale | None]]:
@@ -209,6 +208,18 @@ def train(
     inputs = read_inputs(npy, store, symbols, required=True, splits_path=splits_path, split=split)
     assert inputs is not None
     if inputs.strings is not None:
+        signal_flags = {
+            "--normalization": normalization,
+            "--percentile-low": percentile_low,
+            "--percentile-high": percentile_high,
+            "--percentile-margin": percentile_margin,
+            "--lead-boundaries": lead_boundaries,
+        }
+        given = [flag for flag, value in signal_flags.items() if value is not None]
+        if given:
+            raise UserError(
+                f"{', '.join(given)}: only for signal input (--symbols strings are symbols already)"
+            )
         tokenizer = ECGByteTokenizer.train_symbols(
             inputs.strings, cfg.num_merges, threads=cfg.threads, show_progress=True
         )
@@ -258,7 +269,9 @@ def encode(
 ) -> None:
     """Encode segments into token ids (with the per-lead scale that decoding a signal needs)."""
     cfg = tokenizer_settings(ctx, encode_mode=encode_mode, threads=threads)
-    tokenizer = load_tokenizer(tokenizer_path)
+    if out is not None and out.suffix not in ROW_SUFFIXES:
+        raise UserError(f"--out must end in .parquet or .jsonl, got {out.name}")
+    tokenizer = ECGByteTokenizer.load(tokenizer_path)
     # --encode-mode overrides the mode stored in the tokenizer (bpe, or greedy for imported peer files).
     mode = cfg.encode_mode if encode_mode is not None else None
     inputs = read_inputs(npy, store, symbols, required=True)
@@ -290,10 +303,12 @@ def write_rows(rows: list[dict[str, Any]], out: Path | None) -> None:
     if out is None:
         for row in rows:
             stdout.print(json.dumps(row), markup=False, highlight=False, soft_wrap=True)
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    if out.suffix == ".parquet":
+    else:
+        atomic_write(out, lambda tmp: _write_rows_file(rows, tmp, out.suffix))
+
+
+def _write_rows_file(rows: list[dict[str, Any]], tmp: Path, suffix: str) -> None:
+    if suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -307,11 +322,10 @@ def write_rows(rows: list[dict[str, Any]], out: Path | None) -> None:
             }
         )
         pq.write_table(table, tmp)
-    elif out.suffix == ".jsonl":
+    elif suffix == ".jsonl":
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     else:
-        raise UserError(f"--out must end in .parquet or .jsonl, got {out.name}")
-    tmp.replace(out)
+        raise ValueError(f"unsupported ids file suffix {suffix!r}")  # encode checked --out already
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -336,10 +350,24 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                 raise CorruptFileError(f"{path}:{n}: malformed JSON line ({exc.msg})") from None
     else:
         raise UserError(f"ids file must end in .parquet or .jsonl, got {path.name}")
+    if not rows:
+        raise CorruptFileError(f"{path} holds no rows")
     for n, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("ids"), list):
-            raise CorruptFileError(f"{path}: row {n} has no 'ids' list")
+        ids = row.get("ids") if isinstance(row, dict) else None
+        if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+            raise CorruptFileError(f"{path}: row {n} has no 'ids' list of integers")
+        lo, hi = row.get("lo"), row.get("hi")
+        if (lo, hi) != (None, None) and not (
+            _is_number_list(lo) and _is_number_list(hi) and len(lo) == len(hi) > 0
+        ):
+            raise CorruptFileError(
+                f"{path}: row {n} has a malformed lo/hi scale (two equal-length number lists)"
+            )
     return rows
+
+
+def _is_number_list(value: Any) -> bool:
+    return isinstance(value, list) and all(type(v) in (int, float) for v in value)
 
 
 @app.command()
@@ -352,7 +380,11 @@ def decode(
     ] = None,
 ) -> None:
     """Decode token ids back to symbol strings or to signals (bin centres, within half a bin)."""
-    tokenizer = load_tokenizer(tokenizer_path)
+    if to not in ("symbols", "signal"):
+        raise UserError(f"invalid value for --to: {to!r} (allowed: symbols, signal)")
+    if to == "signal" and (out is None or out.suffix != ".npy"):
+        raise UserError("--to signal needs --out FILE.npy")
+    tokenizer = ECGByteTokenizer.load(tokenizer_path)
     rows = read_rows(ids_path)
     if to == "symbols":
         lines = [tokenizer.decode_symbols(np.asarray(r["ids"], dtype=np.int64)) for r in rows]
@@ -360,12 +392,10 @@ def decode(
             for line in lines:
                 stdout.print(line, markup=False, highlight=False, soft_wrap=True)
         else:
-            out.write_text("".join(line + "\n" for line in lines), encoding="ascii")
+            text = "".join(line + "\n" for line in lines)
+            atomic_write(out, lambda tmp: tmp.write_text(text, encoding="ascii"))
         return
-    if to != "signal":
-        raise UserError(f"invalid value for --to: {to!r} (allowed: symbols, signal)")
-    if out is None or out.suffix != ".npy":
-        raise UserError("--to signal needs --out FILE.npy")
+    assert out is not None
     signals = []
     for n, row in enumerate(rows):
         scale = SignalScale.from_json(row) if row.get("lo") is not None else None
@@ -374,12 +404,19 @@ def decode(
         signals.append(tokenizer.decode_signal(np.asarray(row["ids"], dtype=np.int64), scale))
     if len({s.shape for s in signals}) != 1:
         raise UserError("decoded segments differ in shape; cannot stack them into one .npy")
-    np.save(out, np.stack(signals))
+    stacked = np.stack(signals)
+    atomic_write(out, lambda tmp: _save_npy(tmp, stacked))
     console.print(f"wrote {out}: {len(signals)} segments of shape {signals[0].shape}")
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as file:  # a file object, so np.save does not append ".npy" to the name
+        np.save(file, array)
 
 
 @app.command()
 def inspect(
+    ctx: typer.Context,
     tokenizer_path: Annotated[Path, typer.Argument(metavar="TOKENIZER", help="tokenizer.json")],
     npy: NpyOpt = None,
     store: StoreOpt = None,
@@ -392,7 +429,8 @@ def inspect(
     split: SplitOpt = None,
 ) -> None:
     """Vocabulary, symbolisation, and (given held-out segments) compression and token lengths."""
-    tokenizer = load_tokenizer(tokenizer_path)
+    cfg = tokenizer_settings(ctx, threads=threads)
+    tokenizer = ECGByteTokenizer.load(tokenizer_path)
     lengths = tokenizer.token_lengths()
     info: dict[str, Any] = {
         "vocab_size": tokenizer.vocab_size,
@@ -413,7 +451,7 @@ def inspect(
         if split is not None:
             held_out["split"] = split
         for mode in ("bpe", "greedy"):
-            ids, _ = encode_inputs(tokenizer, inputs, mode, threads)
+            ids, _ = encode_inputs(tokenizer, inputs, mode, cfg.threads)
             n_tokens = sum(len(s) for s in ids)
             n_symbols = sum(int(lengths[s].sum()) for s in ids)
             held_out[mode] = {

@@ -385,17 +385,18 @@ class ECGByteTokenizer:
         return {**payload, "checksum": checksum(payload)}
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``tokenizer.json`` (atomically: a temporary file, then a rename)."""
+        """Write ``tokenizer.json`` (atomically: a temporary file, then a rename); a directory gets one."""
+        from ecgbench.data.files import atomic_write
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            path = path / "tokenizer.json"
         document = self.to_json()
         # One top-level key per line; values compact (5000 merges stay 5000 pairs on one line).
         body = ",\n".join(
             f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in document.items()
         )
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("{\n" + body + "\n}\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: tmp.write_text("{\n" + body + "\n}\n", encoding="utf-8"))
         return path
 
     @classmethod
@@ -410,6 +411,8 @@ class ECGByteTokenizer:
             document = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CorruptFileError(f"{path} is not a tokenizer.json (truncated or not JSON: {exc})") from None
+        except OSError as exc:
+            raise UserError(f"cannot read tokenizer file {path}: {exc.strerror or exc}") from None
         return cls.from_json(document, str(path))
 
     @classmethod
@@ -438,7 +441,7 @@ class ECGByteTokenizer:
                 training=document.get("training"),
                 imported_from=document.get("imported_from"),
             )
-        except (KeyError, TypeError, ValueError, UserError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, UserError) as exc:
             raise CorruptFileError(f"{name}: invalid tokenizer contents ({exc})") from None
         if tokenizer.vocab_size != document.get("vocab_size"):
             raise CorruptFileError(f"{name}: vocab_size does not match its merges")

@@ -106,6 +106,11 @@ class Symbolizer:
             raise UserError(
                 f"unknown normalization {self.normalization!r} (allowed: {', '.join(NORMALIZATIONS)})"
             )
+        if not 0 <= self.percentile_low < self.percentile_high <= 100:
+            raise UserError(
+                f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentile_low} and "
+                f"{self.percentile_high}"
+            )
 
     @property
     def needs_fit(self) -> bool:
@@ -118,8 +123,9 @@ class Symbolizer:
         total = sum(s.size for s in segments)
         if total == 0:
             raise SignalError("no samples to estimate percentiles from")
+        # Subsample each segment before converting, so at most ~_PERCENTILE_SAMPLE values become float64.
         stride = max(1, total // _PERCENTILE_SAMPLE)
-        flat = np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in segments])[::stride]
+        flat = np.concatenate([np.asarray(s).ravel()[::stride].astype(np.float64) for s in segments])
         lo, hi = np.percentile(flat, [self.percentile_low, self.percentile_high])
         span = hi - lo
         if not span > 0:

@@ -174,6 +174,21 @@ def map_items(
         yield conversation
 
 
+def map_file_items(
+    path: Path, items: Iterable[Any], build: Callable[[Any, str], Conversation], report: MappingReport
+) -> Iterator[Conversation]:
+    """``map_items`` over the items of one source file; ``build`` gets each item and the id it falls back
+    on when the item has none: ``<file stem>:<position>``."""
+    numbered = enumerate(items)
+    return map_items(numbered, lambda pair: build(pair[1], f"{path.stem}:{pair[0]}"), report)
+
+
+def item_id(item: dict[str, Any], fallback_id: str) -> str:
+    """The item's own ``id`` as a string, or the fallback when it has none (absent, null or empty)."""
+    value = item.get("id")
+    return fallback_id if value is None or value == "" else str(value)
+
+
 def _turn_text(value: Any, report: MappingReport) -> str:
     if isinstance(value, str):
         return value

@@ -9,6 +9,7 @@ the ``<ecg>`` placeholder. ``id`` is kept as the source id when present.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ from ecgbench.data.mapping.common import (
     MappingReport,
     RecordLookup,
     SkipItem,
+    item_id,
     json_files,
     load_json_items,
-    map_items,
+    map_file_items,
     normalise_turns,
 )
 
@@ -34,7 +36,7 @@ def _conversation(item: Any, fallback_id: str, lookup: RecordLookup, report: Map
     turns = normalise_turns(item.get("conversations"), 1, report)
     return Conversation(
         source=report.source,
-        source_id=str(item.get("id", fallback_id)),
+        source_id=item_id(item, fallback_id),
         turns=turns,
         ecgs=[ref],
         meta={"ecg": ecg},
@@ -43,9 +45,5 @@ def _conversation(item: Any, fallback_id: str, lookup: RecordLookup, report: Map
 
 def map_ecg_chat(source: Path, lookup: RecordLookup, report: MappingReport) -> Iterator[Conversation]:
     for path in json_files(source):
-        items = load_json_items(path)
-        yield from map_items(
-            enumerate(items),
-            lambda pair, stem=path.stem: _conversation(pair[1], f"{stem}:{pair[0]}", lookup, report),
-            report,
-        )
+        build = partial(_conversation, lookup=lookup, report=report)
+        yield from map_file_items(path, load_json_items(path), build, report)

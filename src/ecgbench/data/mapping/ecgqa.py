@@ -110,6 +110,9 @@ def _conversation(
     question, ecg_ids, sample_id = item.get("question"), item.get("ecg_id"), item.get("sample_id")
     if not isinstance(question, str) or not isinstance(ecg_ids, list) or sample_id is None:
         raise SkipItem("malformed item")
+    question_type = item.get("question_type")
+    if question_type is not None and not isinstance(question_type, str):
+        raise SkipItem("malformed item")
     if not question.strip():
         raise SkipItem("empty question")
     answer = _answer(item, report)
@@ -127,7 +130,7 @@ def _conversation(
         source_split=split or None,
         turns=[{"role": "user", "content": user}, {"role": "assistant", "content": ", ".join(answer)}],
         ecgs=refs,
-        question_type=item.get("question_type"),
+        question_type=question_type,
         answer_options=options.get(template_id, []) if isinstance(template_id, int) else [],
         meta={
             "variant": variant,

@@ -14,6 +14,7 @@ also carries ``machine_measurements`` and ``report``, kept in ``meta`` for evalu
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ from ecgbench.data.mapping.common import (
     MappingReport,
     RecordLookup,
     SkipItem,
+    item_id,
     json_files,
     load_json_items,
-    map_items,
+    map_file_items,
     normalise_turns,
 )
 
@@ -47,7 +49,7 @@ def _conversation(
     meta |= {k: item[k] for k in _KEPT_FOR_EVALUATION if k in item}
     return Conversation(
         source=report.source,
-        source_id=str(item.get("id") or fallback_id),
+        source_id=item_id(item, fallback_id),
         source_split=source_split,
         turns=turns,
         ecgs=[ref],
@@ -58,12 +60,9 @@ def _conversation(
 def _map(
     source: Path, lookup: RecordLookup, report: MappingReport, split: str | None
 ) -> Iterator[Conversation]:
+    build = partial(_conversation, source_split=split, lookup=lookup, report=report)
     for path in json_files(source):
-        yield from map_items(
-            enumerate(load_json_items(path)),
-            lambda pair, stem=path.stem: _conversation(pair[1], f"{stem}:{pair[0]}", split, lookup, report),
-            report,
-        )
+        yield from map_file_items(path, load_json_items(path), build, report)
 
 
 def map_ecg_grounding(source: Path, lookup: RecordLookup, report: MappingReport) -> Iterator[Conversation]:

@@ -19,6 +19,7 @@ a counted skip. The file stem or Parquet subset folder is kept as ``question_typ
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,10 @@ from ecgbench.data.mapping.common import (
     MappingReport,
     RecordLookup,
     SkipItem,
+    item_id,
     json_files,
     load_json_items,
-    map_items,
+    map_file_items,
     normalise_turns,
 )
 from ecgbench.errors import CorruptFileError
@@ -66,7 +68,7 @@ def _conversation(
     turns = normalise_turns(raw_turns, 1, report)
     return Conversation(
         source=report.source,
-        source_id=str(item.get("id") or fallback_id),
+        source_id=item_id(item, fallback_id),
         source_split=source_split,
         turns=turns,
         ecgs=[ref],
@@ -104,13 +106,8 @@ def _map(
     for path in json_files(source, ("*.json", "*.parquet", "**/*.parquet")):
         subset = _subset(path, source) if benchmark else None
         split = "test" if benchmark else None
-        yield from map_items(
-            enumerate(_items(path)),
-            lambda pair, stem=path.stem, subset=subset, split=split: _conversation(
-                pair[1], f"{stem}:{pair[0]}", subset, split, lookup, report
-            ),
-            report,
-        )
+        build = partial(_conversation, subset=subset, source_split=split, lookup=lookup, report=report)
+        yield from map_file_items(path, _items(path), build, report)
 
 
 def map_ecg_instruct_pulse(

@@ -76,7 +76,20 @@ class RawRecord:
     age: float | None = None
     sex: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)  # e.g. "zero padding stripped"
+
+    @classmethod
+    def from_ref(
+        cls,
+        ref: RecordRef,
+        signal: np.ndarray,
+        lead_names: list[str],
+        units: list[str],
+        fs: float,
+        **known: Any,
+    ) -> RawRecord:
+        """A record with the labels, age, sex and meta its ref listed, unless ``known`` overrides them."""
+        listed = {"labels": list(ref.labels), "age": ref.age, "sex": ref.sex, "meta": dict(ref.meta)}
+        return cls(ref=ref, signal=signal, lead_names=lead_names, units=units, fs=fs, **(listed | known))
 
 
 class CorpusReader(ABC):
@@ -275,10 +288,8 @@ def read_csv_rows(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, 
     missing = [c for c in required if c not in columns]
     if missing:
         raise UserError(f"{path} lacks the columns {', '.join(missing)}")
+    for number, row in enumerate(rows, start=1):
+        # DictReader fills the fields of a short row with None: a truncated table, not empty values
+        if None in row.values():
+            raise CorruptFileError(f"{path}: data row {number} is shorter than the header (truncated?)")
     return rows
-
-
-def relative_source(path: Path, root: Path) -> str:
-    """Path of a record relative to the corpus root, without extension, with forward slashes."""
-    rel = path.relative_to(root)
-    return rel.with_suffix("").as_posix() if rel.suffix in (".hea", ".mat", ".dat") else rel.as_posix()

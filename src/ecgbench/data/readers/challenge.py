@@ -53,12 +53,12 @@ def load_challenge_record(ref: RecordRef) -> RawRecord:
     for key in ("rx", "hx", "sx"):
         if info.get(key) and info[key].lower() != "unknown":
             meta.setdefault(key, info[key])
-    return RawRecord(
-        ref=ref,
-        signal=signal,
-        lead_names=names,
-        units=units,
-        fs=fs,
+    return RawRecord.from_ref(
+        ref,
+        signal,
+        names,
+        units,
+        fs,
         labels=labels,
         age=ref.age if ref.age is not None else parse_age(info.get("age")),
         sex=ref.sex or parse_sex(info.get("sex")),

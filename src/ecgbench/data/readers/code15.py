@@ -23,6 +23,7 @@ from ecgbench.data.readers.base import (
     RecordRef,
     RecordRejected,
     id_string,
+    parse_age,
     read_csv_rows,
 )
 from ecgbench.errors import CorruptFileError
@@ -41,6 +42,11 @@ _LABEL_COLUMNS = {
 
 def _true(value: str | None) -> bool:
     return (value or "").strip().lower() in ("true", "1", "1.0")
+
+
+def _sex(is_male: str | None) -> str | None:
+    """The ``is_male`` column as M / F; blank is unknown."""
+    return ("M" if _true(is_male) else "F") if (is_male or "").strip() else None
 
 
 @functools.lru_cache(maxsize=4)
@@ -86,7 +92,6 @@ class Code15Reader(CorpusReader):
             for column in ("nn_predicted_age", "death", "timey"):
                 if (exam.get(column) or "").strip():
                     meta[column] = exam[column].strip()
-            age = exam.get("age")
             refs.append(
                 RecordRef(
                     reader=self.name,
@@ -96,8 +101,8 @@ class Code15Reader(CorpusReader):
                     source_path=f"{Path(trace_file).stem}/{exam_id}",
                     patient_id=id_string(exam["patient_id"]),
                     labels=labels,
-                    age=float(age) if age and age.strip() else None,
-                    sex=("M" if _true(exam.get("is_male")) else "F") if exam.get("is_male") else None,
+                    age=parse_age(exam.get("age")),
+                    sex=_sex(exam.get("is_male")),
                     meta=meta,
                     extra={"row": rows_by_file[trace_file].get(exam_id)},
                 )
@@ -135,14 +140,4 @@ class Code15Reader(CorpusReader):
         if signal.shape[1] == 0:
             raise RecordRejected("empty_signal", f"exam {ref.record_id} is all zeros")
         meta = dict(ref.meta, row=row, padding_stripped=[before, after])
-        return RawRecord(
-            ref=ref,
-            signal=signal,
-            lead_names=list(LEADS),
-            units=["mV"] * 12,
-            fs=FS,
-            labels=list(ref.labels),
-            age=ref.age,
-            sex=ref.sex,
-            meta=meta,
-        )
+        return RawRecord.from_ref(ref, signal, list(LEADS), ["mV"] * 12, FS, meta=meta)

@@ -124,14 +124,6 @@ def _load_original(ref: RecordRef) -> RawRecord:
         raise RecordRejected("corrupt_file", f"{path.name}: {type(exc).__name__}: {exc}") from None
     if data.ndim != 2 or data.shape[0] != len(CANONICAL_LEADS):
         raise RecordRejected("corrupt_file", f"{path.name}: data has shape {data.shape}, expected (12, N)")
-    return RawRecord(
-        ref=ref,
-        signal=data,
-        lead_names=list(CANONICAL_LEADS),
-        units=["mV"] * 12,
-        fs=FS,
-        labels=list(ref.labels),
-        age=parse_age(age),
-        sex=parse_sex(sex),
-        meta=dict(ref.meta),
+    return RawRecord.from_ref(
+        ref, data, list(CANONICAL_LEADS), ["mV"] * 12, FS, age=parse_age(age), sex=parse_sex(sex)
     )

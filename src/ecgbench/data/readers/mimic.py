@@ -89,4 +89,4 @@ class MimicReader(CorpusReader):
     @staticmethod
     def load(ref: RecordRef) -> RawRecord:
         signal, names, units, fs, _ = read_wfdb(ref.path)
-        return RawRecord(ref=ref, signal=signal, lead_names=names, units=units, fs=fs, meta=dict(ref.meta))
+        return RawRecord.from_ref(ref, signal, names, units, fs)

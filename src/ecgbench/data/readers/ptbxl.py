@@ -212,14 +212,4 @@ class PtbXlReader(CorpusReader):
             # Labels: the SCP codes when the metadata row exists, else the header's SNOMED condition names.
             return load_challenge_record(ref)
         signal, names, units, fs, _ = read_wfdb(ref.path)
-        return RawRecord(
-            ref=ref,
-            signal=signal,
-            lead_names=names,
-            units=units,
-            fs=fs,
-            labels=list(ref.labels),
-            age=ref.age,
-            sex=ref.sex,
-            meta=dict(ref.meta),
-        )
+        return RawRecord.from_ref(ref, signal, names, units, fs)

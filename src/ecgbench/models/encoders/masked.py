@@ -50,6 +50,18 @@ class MaskedAutoencoderConfig:
     #: normalise each target patch to zero mean / unit variance (MAE's "norm_pix_loss")
     norm_target: bool = False
 
+    def __post_init__(self) -> None:
+        sizes = ("patch_size", "width", "depth", "heads", "leads", "decoder_width", "decoder_depth")
+        bad = [
+            name
+            for name in (*sizes, "decoder_heads")
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1
+        ]
+        if bad:
+            raise UserError(f"encoder option(s) {', '.join(bad)} must be positive integers")
+        if self.mlp_ratio <= 0 or not 0.0 <= self.mask_ratio < 1.0 or not 0.0 <= self.dropout < 1.0:
+            raise UserError("encoder options need mlp_ratio > 0, 0 <= mask_ratio < 1 and 0 <= dropout < 1")
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MaskedAutoencoderConfig:
         known = {f.name for f in fields(cls)}

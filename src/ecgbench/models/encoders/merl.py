@@ -63,6 +63,14 @@ class MERLConfig:
             raise UserError("MERL widths and blocks must have the same length")
         if config.text_pooling not in ("mean", "cls"):
             raise UserError(f"text_pooling must be 'mean' or 'cls', got {config.text_pooling!r}")
+        sizes = (config.leads, config.proj_dim, config.pool_heads, config.max_text_length, *config.widths)
+        if min(sizes) < 1 or min(config.blocks) < 1 or config.widths[-1] % config.pool_heads:
+            raise UserError(
+                "MERL needs positive leads, widths, blocks, proj_dim, pool_heads and max_text_length, "
+                "with the last width divisible by pool_heads"
+            )
+        if not 0.0 <= config.latent_dropout < 1.0 or config.init_temperature <= 0:
+            raise UserError("MERL needs 0 <= latent_dropout < 1 and init_temperature > 0")
         return config
 
 

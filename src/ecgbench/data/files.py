@@ -1,0 +1,44 @@
+"""File helpers every data-layer format shares: atomic replacement and Parquet reads with one-line errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ecgbench.errors import CorruptFileError, UserError
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, flush it to disk, then rename over ``path``, so an
+    interrupted run leaves either the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_parquet(path: Path, table: pa.Table, compression: str = "zstd") -> Path:
+    """``table`` written atomically to ``path``."""
+    path = Path(path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression=compression))
+    return path
+
+
+def read_parquet(path: Path, what: str) -> pa.Table:
+    """A Parquet file; ``what`` names it in the error when it is missing (a user error) or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CorruptFileError(f"{path} is not a readable Parquet file: {exc}") from None
