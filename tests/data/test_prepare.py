@@ -112,6 +112,16 @@ def test_shard_jobs_join_into_the_single_run_store(tmp_path, sample_store):
     assert again.skipped
 
 
+def test_overwrite_replaces_unfinished_shard_jobs_with_one_run(tmp_path, sample_store):
+    out = tmp_path / "jobs"
+    result = runner.invoke(app, ["data", "prepare", "sample", "--out", str(out), "--shard", "0/3"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["data", "prepare", "sample", "--out", str(out), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert not list(out.glob("part-*"))
+    assert len(SegmentStore.open(out)) == len(sample_store)
+
+
 def test_bad_records_are_counted_and_the_rest_prepared(tmp_path):
     root = tmp_path / "mixed"
     copy_record("chapman_shaoxing_ningbo_cinc2021/JS00666", root)  # good

@@ -92,6 +92,14 @@ def test_strat_fold_keeps_ptbxl_folds(sample_store: Path) -> None:
     assert all(len(f) == 1 for f in _patients_per_fold(table).values())
     with pytest.raises(UserError, match="--folds 10"):
         splits.assign_folds(records, n_folds=5, seed=0, method="strat_fold")
+    strat = records.column("strat_fold").to_pylist()
+    corrupt = records.set_column(
+        records.column_names.index("strat_fold"),
+        "strat_fold",
+        pa.array([11 if s is not None else None for s in strat], pa.int32()),
+    )
+    with pytest.raises(UserError, match=r"strat_fold values must be 1..10; the store has \[11\]"):
+        splits.assign_folds(corrupt, n_folds=10, seed=0, method="strat_fold")
 
 
 def test_bad_fold_choices(sample_store: Path) -> None:

@@ -187,7 +187,8 @@ def _fingerprint(
         "parameters": asdict(params),
         "dtype": data.dtype,
         "shard_segments": data.shard_segments,
-        "ptbxl_source": data.ptbxl_source,
+        # Only the readers of PTB-XL records look at it; elsewhere it must not block a resume.
+        "ptbxl_source": data.ptbxl_source if corpus in ("ptb", "sample") else None,
         "records": len(refs),
         "records_sha256": _records_digest(refs),
     }
@@ -253,6 +254,10 @@ def prepare(
 
     if shard is None:
         parts = sorted(out.glob("part-*-of-*")) if out.is_dir() else []
+        if parts and overwrite:  # start over: the parts are replaced by one run over every record
+            for part in parts:
+                remove_store(part)
+            parts = []
         if parts and store_state(out) != "complete":
             return _merge_parts(
                 out, parts, corpus, root, reader, params, data, refs, full_fingerprint, started

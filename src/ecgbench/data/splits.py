@@ -152,6 +152,9 @@ def assign_folds(
         own = np.array([s is not None for s in strat], dtype=bool)
         if not own.any():
             raise UserError("--split-method strat_fold: no PTB-XL record with a strat_fold in the store")
+        outside = sorted({int(s) for s in strat[own] if not 1 <= s <= PTBXL_FOLDS})
+        if outside:
+            raise UserError(f"strat_fold values must be 1..{PTBXL_FOLDS}; the store has {outside}")
         folds[own] = np.array([s - 1 for s in strat[own]], dtype=np.int32)
     rest = ~own
     if rest.any():

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ecgbench.data.files import atomic_write, write_parquet
+from ecgbench.data.files import atomic_write, read_parquet, write_parquet
 from ecgbench.data.readers.base import CANONICAL_LEADS
 from ecgbench.errors import CorruptFileError, UserError
 
@@ -200,7 +200,7 @@ class SegmentStore:
     @cached_property
     def rejected(self) -> pa.Table:
         file = self.path / REJECTED
-        return pq.read_table(file) if file.is_file() else REJECTED_SCHEMA.empty_table()
+        return read_parquet(file, "rejected records") if file.is_file() else REJECTED_SCHEMA.empty_table()
 
     def records(self) -> dict[str, list[int]]:
         """record_id -> its segment ids in order."""
