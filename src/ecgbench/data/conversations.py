@@ -40,8 +40,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ecgbench.data.files import read_parquet, write_parquet
 from ecgbench.errors import CorruptFileError, UserError
+from ecgbench.files import read_parquet, write_parquet
 
 FORMAT_NAME = "conversation_set"
 FORMAT_VERSION = 1

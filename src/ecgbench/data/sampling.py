@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 
 from ecgbench.console import progress
-from ecgbench.data.files import read_parquet, write_parquet
 from ecgbench.errors import CorruptFileError, UserError
+from ecgbench.files import read_parquet, write_parquet
 
 SampleMethod = Literal["random", "stratified"]
 DEFAULT_PERCENTILES = (0.1, 0.5, 1.0, 2.5, 5.0, 25.0, 50.0, 75.0, 95.0, 97.5, 99.0, 99.5, 99.9)

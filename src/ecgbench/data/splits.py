@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ecgbench.data.conversations import SCHEMA
-from ecgbench.data.files import read_parquet, write_parquet
 from ecgbench.errors import UserError
+from ecgbench.files import read_parquet, write_parquet
 
 SplitMethod = Literal["patient", "strat_fold"]
 NO_LABEL = "<none>"

@@ -38,9 +38,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ecgbench.data.files import atomic_write, read_parquet, write_parquet
 from ecgbench.data.readers.base import CANONICAL_LEADS
 from ecgbench.errors import CorruptFileError, UserError
+from ecgbench.files import atomic_write, read_json_document, read_parquet, write_parquet
 
 STORE_FORMAT = "ecgbench-segment-store"
 STORE_VERSION = 1
@@ -120,14 +120,9 @@ class SegmentStore:
             raise UserError(
                 f"{path} is not a segment store (no {MANIFEST}); create one with `ecgbench data prepare`"
             )
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CorruptFileError(f"{manifest_path} is not valid JSON: {exc}") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != STORE_FORMAT:
-            raise CorruptFileError(f"{manifest_path} is not an ecgbench segment-store manifest")
-        if manifest.get("version", 0) > STORE_VERSION:
-            raise UserError(f"{path} was written by a newer ecgbench (store version {manifest['version']})")
+        manifest = read_json_document(
+            manifest_path, fmt=STORE_FORMAT, what="an ecgbench segment-store manifest", version=STORE_VERSION
+        )
         try:
             return cls(path, manifest)
         except (KeyError, TypeError, ValueError) as exc:

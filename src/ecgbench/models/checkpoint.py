@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from ecgbench import __version__
 from ecgbench.errors import CorruptFileError, UserError
+from ecgbench.files import atomic_write, read_json_document
 from ecgbench.models.elm import ELM, ELMConfig, build_config_encoder, build_elm
 
 CONFIG_FILE = "elm_config.json"
@@ -111,25 +111,18 @@ def trained_state(elm: ELM) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return state, aliases
 
 
-def _replace(path: Path, write: Any) -> None:
-    """Write through a temporary name and rename, so an interrupted save never leaves a half file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_elm(elm: ELM, directory: str | Path) -> Path:
     """Write ``elm`` as a self-describing checkpoint folder; ``elm_config.json`` is written last."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state, aliases = trained_state(elm)
-    _replace(
+    atomic_write(
         directory / WEIGHTS_FILE,
         lambda p: save_file(state, str(p), metadata={"format": "pt", "producer": f"ecgbench {__version__}"}),
     )
     files = {WEIGHTS_FILE: sha256_of(directory / WEIGHTS_FILE)}
     if elm.ecg_tokenizer is not None:
-        _replace(directory / ECG_TOKENIZER_FILE, lambda p: elm.ecg_tokenizer.save(p))  # type: ignore[union-attr]
+        atomic_write(directory / ECG_TOKENIZER_FILE, lambda p: elm.ecg_tokenizer.save(p))  # type: ignore[union-attr]
         files[ECG_TOKENIZER_FILE] = sha256_of(directory / ECG_TOKENIZER_FILE)
     elm.tokenizer.save_pretrained(str(directory))
     config = elm.config
@@ -158,7 +151,7 @@ def save_elm(elm: ELM, directory: str | Path) -> Path:
         "encoder_checkpoint_sha256": encoder_sha,
         "files": files,
     }
-    _replace(
+    atomic_write(
         directory / CONFIG_FILE,
         lambda p: p.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8"),
     )
@@ -173,17 +166,9 @@ def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
         raise UserError(f"ELM checkpoint folder not found: {directory}")
     if not path.is_file():
         raise UserError(f"{directory} is not an ELM checkpoint (no {CONFIG_FILE})")
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptFileError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise CorruptFileError(f"{path} is not an ecgbench ELM config")
-    if document.get("format_version") != FORMAT_VERSION:
-        raise UserError(
-            f"{path} has format version {document.get('format_version')}; "
-            f"this ecgbench reads {FORMAT_VERSION}"
-        )
+    document = read_json_document(
+        path, fmt=FORMAT, what="an ecgbench ELM config", version=FORMAT_VERSION, version_key="format_version"
+    )
     for name, expected in document.get("files", {}).items():
         file = directory / name
         if not file.is_file():
@@ -374,7 +359,7 @@ def push_to_hub(
             repo_id=repo_id,
             repo_type="model",
             commit_message=commit_message,
-            ignore_patterns=["*.tmp"],
+            ignore_patterns=[".*.tmp-*"],  # leftovers of an interrupted atomic_write,
         )
     except Exception as exc:  # network, authentication or permission: all fixable by the user
         raise UserError(f"push to {repo_id} failed: {exc}") from None

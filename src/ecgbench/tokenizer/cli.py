@@ -11,8 +11,8 @@ import numpy as np
 import typer
 
 from ecgbench.console import console, progress, stdout
-from ecgbench.data.files import atomic_write
 from ecgbench.errors import CorruptFileError, UserError
+from ecgbench.files import atomic_write
 from ecgbench.settings import TokenizerSettings
 from ecgbench.tokenizer.core import ECGByteTokenizer
 from ecgbench.tokenizer.symbols import SignalError, SignalScale, as_segments

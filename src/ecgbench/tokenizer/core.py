@@ -386,7 +386,7 @@ class ECGByteTokenizer:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``tokenizer.json`` (atomically: a temporary file, then a rename); a directory gets one."""
-        from ecgbench.data.files import atomic_write
+        from ecgbench.files import atomic_write
 
         path = Path(path)
         if path.is_dir():

@@ -7,7 +7,6 @@ rebuilds the architecture) and ``model.safetensors`` (the weights): no pickle an
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -17,6 +16,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ecgbench.errors import CorruptFileError, UserError
+from ecgbench.files import atomic_write, read_json_document
 
 CONFIG_FILE = "encoder.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -63,19 +63,16 @@ class ECGEncoder(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.save_extra(directory)
-        # Write to temporary names, then rename: an interrupted save never leaves a half checkpoint.
-        weights_tmp = directory / (WEIGHTS_FILE + ".tmp")
-        save_model(self, str(weights_tmp))
-        os.replace(weights_tmp, directory / WEIGHTS_FILE)
+        # Weights first, config last: a folder with a config always has the weights it describes.
+        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_model(self, str(tmp)))
         meta = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "encoder": self.name,
             "config": self.config_dict(),
         }
-        config_tmp = directory / (CONFIG_FILE + ".tmp")
-        config_tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        os.replace(config_tmp, directory / CONFIG_FILE)
+        document = json.dumps(meta, indent=2) + "\n"
+        atomic_write(directory / CONFIG_FILE, lambda tmp: tmp.write_text(document, encoding="utf-8"))
         return directory
 
     @classmethod
@@ -96,16 +93,9 @@ def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
         raise UserError(f"encoder checkpoint directory not found: {directory}")
     if not path.is_file():
         raise UserError(f"{directory} is not an encoder checkpoint (no {CONFIG_FILE})")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptFileError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise CorruptFileError(f"{path} is not an ecgbench encoder config")
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise UserError(
-            f"{path} has checkpoint version {meta.get('version')}; this ecgbench reads {CHECKPOINT_VERSION}"
-        )
+    meta = read_json_document(
+        path, fmt=CHECKPOINT_FORMAT, what="an ecgbench encoder config", version=CHECKPOINT_VERSION
+    )
     if not isinstance(meta.get("encoder"), str) or not isinstance(meta.get("config"), dict):
         raise CorruptFileError(f"{path} lacks the 'encoder' name or the 'config' table")
     return meta

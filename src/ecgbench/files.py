@@ -1,10 +1,13 @@
-"""File helpers every data-layer format shares: atomic replacement and Parquet reads with one-line errors."""
+"""File helpers every format of ours shares: atomic replacement, and Parquet and versioned-JSON reads with
+one-line errors."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -42,3 +45,26 @@ def read_parquet(path: Path, what: str) -> pa.Table:
         return pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise CorruptFileError(f"{path} is not a readable Parquet file: {exc}") from None
+
+
+def read_json_document(
+    path: Path, *, fmt: str, what: str, version: int, version_key: str = "version"
+) -> dict[str, Any]:
+    """A JSON object written by ecgbench: its ``format`` tag must be ``fmt`` and its version at most
+    ``version`` (older versions are read; a newer one names the upgrade it needs)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"{path} is not valid JSON (truncated or damaged): {exc}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not isinstance(document, dict) or document.get("format") != fmt:
+        raise CorruptFileError(f"{path} is not {what} (expected format {fmt!r})")
+    found = document.get(version_key)
+    if type(found) is not int or found < 1:
+        raise CorruptFileError(f"{path} has no valid {version_key!r}")
+    if found > version:
+        raise UserError(
+            f"{path} has {what} format version {found}; this ecgbench reads up to {version}: upgrade ecgbench"
+        )
+    return document
