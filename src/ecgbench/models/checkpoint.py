@@ -359,7 +359,7 @@ def push_to_hub(
             repo_id=repo_id,
             repo_type="model",
             commit_message=commit_message,
-            ignore_patterns=[".*.tmp-*"],  # leftovers of an interrupted atomic_write,
+            ignore_patterns=[".*.tmp-*"],  # leftovers of an interrupted atomic_write
         )
     except Exception as exc:  # network, authentication or permission: all fixable by the user
         raise UserError(f"push to {repo_id} failed: {exc}") from None
