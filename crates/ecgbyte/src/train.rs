@@ -6,12 +6,20 @@
 //! holds exactly that, so the token to the left of any start is one read away and the one to the
 //! right is `p + len(id)` away: a linked list with no `prev`/`next` arrays (4 bytes per symbol).
 //!
-//! Every pair keeps its exact count and a list of positions where it occurred (possibly stale: a
-//! position is checked when used). Merging a pair visits only its own positions, in increasing order
-//! (so overlapping runs like `aaa` merge left to right, as encoding does), and updates the counts of
-//! the neighbouring pairs. A max-heap keyed by (count, smallest pair) picks the next merge; entries
-//! are refreshed lazily. Total work is O(N log N) instead of O(merges x N), and the result does not
-//! depend on the number of threads (only the initial count is parallel, and it is exact).
+//! Every pair keeps its exact count and a sorted list of positions where it occurred (possibly
+//! stale: a position is checked when used). Merging a pair visits only its own positions, in
+//! increasing order (so overlapping runs like `aaa` merge left to right, as encoding does), and
+//! updates the counts of the neighbouring pairs. A max-heap keyed by (count, smallest pair) picks the
+//! next merge; entries are refreshed lazily. Total work is O(N log N) instead of O(merges x N), and
+//! the result does not depend on the number of threads (only the initial count is parallel, and it
+//! is exact).
+//!
+//! What keeps a merge of `(a, b)` into `new` cheap: every pair it creates contains `new`, so those are
+//! found through two small arrays indexed by the other id, not the hash map; the occurrences that
+//! `(x, a)` and `(b, x)` lose are summed per `x` and applied once at the end; the positions of the
+//! created pairs are gathered first, so each list is allocated once at its final size (and the
+//! initial lists likewise, from a counting pass); and stale positions are dropped by a branch-free
+//! pass before the merge proper, as most listed positions are stale.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -93,54 +101,193 @@ pub(crate) fn join_at(
     Some(after)
 }
 
-struct Pair {
-    key: u64,
-    count: i64,
-    positions: Vec<u32>,
-    /// Last merge step that queued this pair for a heap push (avoids duplicate pushes).
-    queued: u32,
+/// Per-pair records in parallel arrays, addressed by slot.
+struct PairTable {
+    index: FxHashMap<u64, u32>,
+    keys: Vec<u64>,
+    counts: Vec<i64>,
+    positions: Vec<Vec<u32>>,
+    /// During a merge creating `new`: slot of the pair `(new, x)` at `x`, of `(x, new)` at `x`
+    /// (`NONE` if absent). Every pair a merge creates contains `new`, so these small arrays replace
+    /// the index until the merge ends.
+    new_left: Vec<u32>,
+    new_right: Vec<u32>,
+    /// First slot created by the current merge; how many positions each created pair gained, and
+    /// those positions as `(slot, position)`, given to the pairs when the merge ends.
+    created_from: u32,
+    pushes: Vec<u32>,
+    pending: Vec<(u32, u32)>,
+    /// During a merge of `(a, b)`: occurrences lost by the pairs `(x, a)` and `(b, x)`, by `x`,
+    /// applied when the merge ends (nothing reads those counts before).
+    lost_before_a: Losses,
+    lost_after_b: Losses,
 }
 
-struct PairTable {
-    pairs: Vec<Pair>,
-    index: FxHashMap<u64, u32>,
-    touched: Vec<u32>,
+const NONE: u32 = u32::MAX;
+
+/// `lost` fewer occurrences of the pair in `slot`.
+#[inline]
+fn subtract(counts: &mut [i64], positions: &mut [Vec<u32>], slot: usize, lost: i64) {
+    counts[slot] -= lost;
+    debug_assert!(counts[slot] >= 0);
+    if counts[slot] == 0 {
+        // Every listed position is stale now: free them.
+        positions[slot] = Vec::new();
+    }
+}
+
+/// Occurrences lost during one merge by the pairs that pair some id with a fixed token.
+struct Losses {
+    by_id: Vec<u32>,
+    /// The ids with a nonzero count, in first-loss order.
+    ids: Vec<u32>,
+}
+
+impl Losses {
+    fn new(vocab: usize) -> Self {
+        Losses {
+            by_id: vec![0; vocab],
+            ids: Vec::new(),
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, id: u32) {
+        let lost = &mut self.by_id[id as usize];
+        if *lost == 0 {
+            self.ids.push(id);
+        }
+        *lost += 1;
+    }
+
+    /// Calls `apply(id, lost)` for every id that lost occurrences, and resets.
+    fn drain(&mut self, mut apply: impl FnMut(u32, u32)) {
+        for &id in &self.ids {
+            apply(id, std::mem::take(&mut self.by_id[id as usize]));
+        }
+        self.ids.clear();
+    }
 }
 
 impl PairTable {
-    #[inline]
-    fn decrement(&mut self, left: u32, right: u32) {
-        let slot = self.index[&pair_key(left, right)] as usize;
-        let pair = &mut self.pairs[slot];
-        pair.count -= 1;
-        debug_assert!(pair.count >= 0);
-        if pair.count == 0 {
-            // Every listed position is stale now: free them.
-            pair.positions = Vec::new();
+    fn new(vocab: usize) -> Self {
+        PairTable {
+            index: FxHashMap::default(),
+            keys: Vec::new(),
+            counts: Vec::new(),
+            positions: Vec::new(),
+            new_left: vec![NONE; vocab],
+            new_right: vec![NONE; vocab],
+            created_from: 0,
+            pushes: Vec::new(),
+            pending: Vec::new(),
+            lost_before_a: Losses::new(vocab),
+            lost_after_b: Losses::new(vocab),
         }
     }
 
+    fn push(&mut self, key: u64, count: i64, positions: Vec<u32>) -> u32 {
+        self.keys.push(key);
+        self.counts.push(count);
+        self.positions.push(positions);
+        (self.keys.len() - 1) as u32
+    }
+
+    /// Applies the occurrences that `(x, a)` and `(b, x)` lost in a merge of `(a, b)`.
+    fn apply_losses(&mut self, a: u32, b: u32) {
+        let PairTable {
+            index,
+            counts,
+            positions,
+            lost_before_a,
+            lost_after_b,
+            ..
+        } = self;
+        let mut lose = |key: u64, lost: u32| {
+            subtract(counts, positions, index[&key] as usize, lost as i64);
+        };
+        lost_before_a.drain(|left, lost| lose(pair_key(left, a), lost));
+        lost_after_b.drain(|right, lost| lose(pair_key(b, right), lost));
+    }
+
+    /// One occurrence less of the pair `(new, right)` made earlier in this merge.
     #[inline]
-    fn increment(&mut self, left: u32, right: u32, position: u32, step: u32) {
-        let pairs = &mut self.pairs;
-        let key = pair_key(left, right);
-        let slot = *self.index.entry(key).or_insert_with(|| {
-            pairs.push(Pair {
-                key,
-                count: 0,
-                positions: Vec::new(),
-                queued: u32::MAX,
-            });
-            (pairs.len() - 1) as u32
-        });
-        let pair = &mut self.pairs[slot as usize];
-        pair.count += 1;
-        pair.positions.push(position);
-        if pair.queued != step {
-            pair.queued = step;
-            self.touched.push(slot);
+    fn decrement_new_left(&mut self, right: u32) {
+        let slot = self.new_left[right as usize];
+        debug_assert_ne!(slot, NONE);
+        subtract(&mut self.counts, &mut self.positions, slot as usize, 1);
+    }
+
+    /// One occurrence more of `(left, right)`, which contains `new`; `(new, x)` lives in `new_left`.
+    #[inline]
+    fn increment_new(&mut self, left: u32, right: u32, new: u32, position: u32) {
+        let cell = if left == new {
+            &mut self.new_left[right as usize]
+        } else {
+            &mut self.new_right[left as usize]
+        };
+        if *cell == NONE {
+            *cell = self.keys.len() as u32;
+            self.keys.push(pair_key(left, right));
+            self.counts.push(0);
+            self.positions.push(Vec::new());
+            self.pushes.push(0);
+        }
+        let slot = *cell;
+        self.counts[slot as usize] += 1;
+        self.pushes[(slot - self.created_from) as usize] += 1;
+        self.pending.push((slot, position));
+    }
+
+    /// Starts a merge: pairs it creates get slots from here on.
+    fn begin_merge(&mut self) {
+        self.created_from = self.keys.len() as u32;
+        self.pushes.clear();
+        self.pending.clear();
+    }
+
+    /// Slots created by the current merge.
+    fn created(&self) -> std::ops::Range<usize> {
+        self.created_from as usize..self.keys.len()
+    }
+
+    /// Ends a merge: gives the pairs it created their position lists, each allocated once at its
+    /// final size, files them in the index and clears the per-merge arrays.
+    fn finish_merge(&mut self, new: u32) {
+        for (slot, &pushes) in self.created().zip(&self.pushes) {
+            if self.counts[slot] > 0 {
+                self.positions[slot] = Vec::with_capacity(pushes as usize);
+            }
+        }
+        for &(slot, position) in &self.pending {
+            if self.counts[slot as usize] > 0 {
+                self.positions[slot as usize].push(position);
+            }
+        }
+        for slot in self.created() {
+            self.index.insert(self.keys[slot], slot as u32);
+            let (left, right) = split_key(self.keys[slot]);
+            if left == new {
+                self.new_left[right as usize] = NONE;
+            } else {
+                self.new_right[left as usize] = NONE;
+            }
         }
     }
+}
+
+/// Keeps only the positions where `(a, b)` still starts, without branching on each one: most listed
+/// positions are stale, and a mispredicted branch per cache miss would serialise the misses. Merging
+/// still checks each kept position, since joining overlapping occurrences (`aaa`) invalidates some.
+fn drop_stale(positions: &mut Vec<u32>, tok: &[u32], (a, b): (u32, u32), len_a: usize) {
+    let mut kept = 0;
+    for i in 0..positions.len() {
+        let p = positions[i] as usize;
+        positions[kept] = p as u32;
+        let live = (tok[p] == a) & (tok.get(p + len_a) == Some(&b));
+        kept += live as usize;
+    }
+    positions.truncate(kept);
 }
 
 /// The corpus as one `u32` array with separators (see the module comment).
@@ -156,46 +303,57 @@ fn layout(symbols: &[u8], pieces: &[usize]) -> Vec<u32> {
     tok
 }
 
-/// Exact counts and sorted positions of every adjacent symbol pair, counted in parallel chunks.
+/// Sorted positions of every adjacent symbol pair (index `left * 26 + right`), built in parallel
+/// chunks: a first pass counts each chunk's pairs, so every list is allocated once at its exact size
+/// and each chunk then writes its own disjoint part of it.
 fn initial_pairs(tok: &[u32]) -> Vec<Vec<u32>> {
     const BASE: usize = (NUM_SYMBOLS * NUM_SYMBOLS) as usize;
     let slots = tok.len().saturating_sub(1);
     let chunk = (slots / (4 * rayon::current_num_threads()).max(1)).max(1 << 16);
-    let starts: Vec<usize> = (0..slots).step_by(chunk).collect();
-    let per_chunk: Vec<Vec<Vec<u32>>> = starts
+    let ranges: Vec<std::ops::Range<usize>> = (0..slots)
+        .step_by(chunk)
+        .map(|start| start..(start + chunk).min(slots))
+        .collect();
+    let symbol_pair = |p: usize| {
+        let (a, b) = (tok[p], tok[p + 1]);
+        (a < NUM_SYMBOLS && b < NUM_SYMBOLS).then(|| (a * NUM_SYMBOLS + b) as usize)
+    };
+    let chunk_counts: Vec<Vec<usize>> = ranges
         .par_iter()
-        .map(|&start| {
-            let range = start..(start + chunk).min(slots);
+        .map(|range| {
             let mut counts = vec![0usize; BASE];
-            for p in range.clone() {
-                let (a, b) = (tok[p], tok[p + 1]);
-                if a < NUM_SYMBOLS && b < NUM_SYMBOLS {
-                    counts[(a * NUM_SYMBOLS + b) as usize] += 1;
-                }
+            for q in range.clone().filter_map(symbol_pair) {
+                counts[q] += 1;
             }
-            let mut lists: Vec<Vec<u32>> = counts.iter().map(|&n| Vec::with_capacity(n)).collect();
-            for p in range {
-                let (a, b) = (tok[p], tok[p + 1]);
-                if a < NUM_SYMBOLS && b < NUM_SYMBOLS {
-                    lists[(a * NUM_SYMBOLS + b) as usize].push(p as u32);
-                }
-            }
-            lists
+            counts
         })
         .collect();
-    // Concatenate chunk lists pair by pair, freeing each chunk's part as soon as it is copied.
-    let mut per_chunk = per_chunk;
-    (0..BASE)
-        .map(|q| {
-            let total = per_chunk.iter().map(|lists| lists[q].len()).sum();
-            let mut all = Vec::with_capacity(total);
-            for lists in per_chunk.iter_mut() {
-                all.extend_from_slice(&lists[q]);
-                lists[q] = Vec::new();
+    let mut lists: Vec<Vec<u32>> = (0..BASE)
+        .map(|q| vec![0; chunk_counts.iter().map(|counts| counts[q]).sum()])
+        .collect();
+    // Cut every list into one part per chunk, in chunk order.
+    let mut parts: Vec<Vec<&mut [u32]>> = ranges.iter().map(|_| Vec::with_capacity(BASE)).collect();
+    for (q, list) in lists.iter_mut().enumerate() {
+        let mut rest = list.as_mut_slice();
+        for (chunk_parts, counts) in parts.iter_mut().zip(&chunk_counts) {
+            let (part, tail) = rest.split_at_mut(counts[q]);
+            chunk_parts.push(part);
+            rest = tail;
+        }
+    }
+    ranges
+        .par_iter()
+        .zip(parts)
+        .for_each(|(range, mut chunk_parts)| {
+            let mut filled = vec![0usize; BASE];
+            for p in range.clone() {
+                if let Some(q) = symbol_pair(p) {
+                    chunk_parts[q][filled[q]] = p as u32;
+                    filled[q] += 1;
+                }
             }
-            all
-        })
-        .collect()
+        });
+    lists
 }
 
 /// Learns up to `options.num_merges` merges. `done` counts merges as they are made (for progress).
@@ -217,25 +375,17 @@ pub fn train(
     }
     let mut tok = layout(symbols, pieces);
 
-    let mut table = PairTable {
-        pairs: Vec::new(),
-        index: FxHashMap::default(),
-        touched: Vec::new(),
-    };
+    let mut table = PairTable::new(NUM_SYMBOLS as usize + options.num_merges);
     let mut heap: BinaryHeap<(i64, Reverse<u64>)> = BinaryHeap::new();
     for (q, positions) in initial_pairs(&tok).into_iter().enumerate() {
         if positions.is_empty() {
             continue;
         }
-        let key = pair_key(q as u32 / NUM_SYMBOLS, q as u32 % NUM_SYMBOLS);
+        let (left, right) = (q as u32 / NUM_SYMBOLS, q as u32 % NUM_SYMBOLS);
+        let key = pair_key(left, right);
         let count = positions.len() as i64;
-        table.index.insert(key, table.pairs.len() as u32);
-        table.pairs.push(Pair {
-            key,
-            count,
-            positions,
-            queued: u32::MAX,
-        });
+        let slot = table.push(key, count, positions);
+        table.index.insert(key, slot);
         heap.push((count, Reverse(key)));
     }
 
@@ -249,7 +399,8 @@ pub fn train(
         let Some(&slot) = table.index.get(&key) else {
             continue;
         };
-        let current = table.pairs[slot as usize].count;
+        let slot = slot as usize;
+        let current = table.counts[slot];
         if current != count {
             // Stale entry: the pair lost occurrences since it was pushed.
             if current > 0 {
@@ -266,9 +417,11 @@ pub fn train(
         let (len_a, len_b) = (lens[a as usize] as usize, lens[b as usize] as usize);
         lens.push((len_a + len_b) as u32);
 
-        let mut positions = std::mem::take(&mut table.pairs[slot as usize].positions);
-        positions.sort_unstable();
-        table.touched.clear();
+        let mut positions = std::mem::take(&mut table.positions[slot]);
+        // Sorted already: a list is filled in one merge (or by the initial count), left to right.
+        debug_assert!(positions.windows(2).all(|w| w[0] < w[1]));
+        drop_stale(&mut positions, &tok, (a, b), len_a);
+        table.begin_merge();
         let mut applied: u64 = 0;
         for &p in &positions {
             let p = p as usize;
@@ -278,26 +431,34 @@ pub fn train(
             let left = left_start(&tok, p);
             let left_id = tok[left];
             if left_id != SEP {
-                table.decrement(left_id, a);
-                table.increment(left_id, new, left as u32, step);
+                // The left neighbour may be `new` itself (a run like `abab`); the right one is not
+                // merged yet, as positions go left to right.
+                if left_id == new {
+                    table.decrement_new_left(a);
+                } else {
+                    table.lost_before_a.add(left_id);
+                }
+                table.increment_new(left_id, new, new, left as u32);
             }
             let right_id = tok[after];
             if right_id != SEP {
-                table.decrement(b, right_id);
-                table.increment(new, right_id, p as u32, step);
+                table.lost_after_b.add(right_id);
+                table.increment_new(new, right_id, new, p as u32);
             }
-            table.decrement(a, b);
+            table.counts[slot] -= 1;
             applied += 1;
         }
         drop(positions);
-        debug_assert_eq!(table.pairs[slot as usize].count, 0);
+        table.apply_losses(a, b);
+        debug_assert_eq!(table.counts[slot], 0);
         table.index.remove(&key);
-        table.pairs[slot as usize].positions = Vec::new();
+        table.positions[slot] = Vec::new();
+        table.finish_merge(new);
         // Push every pair that gained occurrences (all contain `new`) with its final count.
-        for &touched in &table.touched {
-            let pair = &table.pairs[touched as usize];
-            if pair.count > 0 {
-                heap.push((pair.count, Reverse(pair.key)));
+        for created in table.created() {
+            let count = table.counts[created];
+            if count > 0 {
+                heap.push((count, Reverse(table.keys[created])));
             }
         }
         merges.push((a, b));

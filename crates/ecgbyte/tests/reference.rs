@@ -155,6 +155,32 @@ fn matches_reference_trainer_and_is_thread_independent() {
 }
 
 #[test]
+fn matches_reference_on_long_runs_spanning_several_count_chunks() {
+    // Tiny alphabets make runs (`aaaa`) and repeats (`abab`), whose merges meet their own new token
+    // as a neighbour; over 65,536 slots the initial count is split into chunks.
+    for (seed, alphabet) in [(101, 2u8), (102, 3)] {
+        let (symbols, pieces) = corpus(seed, 12, 24_000, alphabet);
+        assert!(symbols.len() > 100_000);
+        let fast = run(&symbols, &pieces, 40, 1);
+        assert_eq!(
+            fast.merges,
+            reference_train(&symbols, &pieces, 40, 2),
+            "seed {seed}"
+        );
+        assert_eq!(
+            fast,
+            run(&symbols, &pieces, 40, 4),
+            "seed {seed}: thread count changed the result"
+        );
+        let encoder = Encoder::new(fast.merges.clone()).unwrap();
+        let (ids, _) = encoder
+            .encode_batch(&symbols, &pieces, 1, Mode::Bpe)
+            .unwrap();
+        assert_eq!(Some(&ids), fast.segmentation.as_ref(), "seed {seed}");
+    }
+}
+
+#[test]
 fn merges_never_cross_pieces() {
     // Each piece is "ab": the pair (b, a) only exists across the boundary.
     let symbols: Vec<u8> = [0u8, 1].repeat(50);
