@@ -50,7 +50,10 @@ def test_random_and_stratified_on_real_store(sample_store: Path, tmp_path: Path)
     strat = sampling.select_segments(store, 24, method="stratified", seed=3, clusters=6)
     ids = strat.segment_ids.tolist()
     assert len(set(ids)) == 24 and all(0 <= i < len(store) for i in ids)
-    assert 1 < len(set(strat.clusters.tolist())) <= 6
+    # 24 picks over 6 clusters: every cluster contributes, and the same seed picks the same segments.
+    assert set(strat.clusters.tolist()) == set(range(6))
+    same = sampling.select_segments(store, 24, method="stratified", seed=3, clusters=6)
+    assert same.segment_ids.tolist() == ids and same.clusters.tolist() == strat.clusters.tolist()
     # Percentiles come from exactly the selected segments.
     signals = store.read_many(strat.segment_ids)
     assert abs(strat.percentiles["global"]["50"] - np.percentile(signals, 50)) <= 0.001 + 1e-9

@@ -7,6 +7,7 @@ rebuilds the architecture) and ``model.safetensors`` (the weights): no pickle an
 from __future__ import annotations
 
 import json
+from abc import ABCMeta, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -24,12 +25,12 @@ CHECKPOINT_FORMAT = "ecgbench-encoder"
 CHECKPOINT_VERSION = 1
 
 
-class ECGEncoder(nn.Module):
+class ECGEncoder(nn.Module, metaclass=ABCMeta):
     """An encoder that turns one input representation into a sequence of feature vectors.
 
     ``features`` is the feature-extraction forward used inside ELMs: deterministic, never masked
-    (masking belongs to pretraining only). Encoders with a pretraining objective also implement
-    ``pretrain_loss``.
+    (masking belongs to pretraining only). Encoders with a pretraining objective (the masked
+    autoencoders, MERL) also define ``pretrain_loss``; the vision towers have none.
     """
 
     #: registry name written into ``encoder.json`` ("st-mem", "clip", ...)
@@ -39,22 +40,20 @@ class ECGEncoder(nn.Module):
     #: "signal" (B, 12, L) float, "stacked" or "image" (B, 3, H, W) float
     representation: str
 
+    @abstractmethod
     def features(self, x: torch.Tensor) -> torch.Tensor:  # (B, tokens, out_dim)
-        raise NotImplementedError
-
-    def pretrain_loss(self, x: torch.Tensor, **kwargs: object) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} has no pretraining objective")
+        """Feature tokens of a batch, never masked."""
 
     # -- checkpoints ---------------------------------------------------------------------------
 
+    @abstractmethod
     def config_dict(self) -> dict[str, Any]:
         """JSON-serialisable settings that rebuild this architecture (without weights)."""
-        raise NotImplementedError
 
     @classmethod
+    @abstractmethod
     def from_config(cls, config: dict[str, Any], directory: Path | None = None) -> Self:
         """A randomly initialised encoder from ``config_dict()``; ``directory`` holds extra files."""
-        raise NotImplementedError
 
     def save_extra(self, directory: Path) -> None:
         """Files besides the weights a subclass needs to rebuild itself (e.g. a text tokenizer)."""
