@@ -3,6 +3,7 @@ one-line errors."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -68,3 +69,41 @@ def read_json_document(
             f"{path} has {what} format version {found}; this ecgbench reads up to {version}: upgrade ecgbench"
         )
     return document
+
+
+def read_folder_document(
+    directory: Path, name: str, *, kind: str, fmt: str, version: int, version_key: str = "version"
+) -> dict[str, Any]:
+    """The versioned JSON file ``name`` that marks ``directory`` as a ``kind`` (e.g. an ELM checkpoint)."""
+    path = directory / name
+    if not directory.is_dir():
+        raise UserError(f"{kind} folder not found: {directory}")
+    if not path.is_file():
+        raise UserError(f"{directory} is not an {kind} (no {name})")
+    return read_json_document(
+        path, fmt=fmt, what=f"an ecgbench {kind} config", version=version, version_key=version_key
+    )
+
+
+def _hash_file(digest: Any, path: Path) -> None:
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    _hash_file(digest, path)
+    return digest.hexdigest()
+
+
+def sha256_path(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files (relative names and contents, in sorted order)."""
+    if not path.is_dir():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        _hash_file(digest, file)
+    return digest.hexdigest()

@@ -32,10 +32,10 @@ from ecgbench.data.store import (
     StoreWriter,
     merge_stores,
     remove_store,
-    sha256_file,
     store_state,
 )
 from ecgbench.errors import UserError
+from ecgbench.files import sha256_file
 from ecgbench.resources import SAMPLE_DIR
 from ecgbench.settings import DataSettings
 

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from ecgbench.data.readers.base import CANONICAL_LEADS
 from ecgbench.errors import CorruptFileError, UserError
-from ecgbench.files import atomic_write, read_json_document, read_parquet, write_parquet
+from ecgbench.files import atomic_write, read_json_document, read_parquet, sha256_file, write_parquet
 
 STORE_FORMAT = "ecgbench-segment-store"
 STORE_VERSION = 1
@@ -220,14 +220,6 @@ class SegmentStore:
 
 
 # -------------------------------------------------------------------------------------------- writing
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_json(path: Path, value: Any) -> None:

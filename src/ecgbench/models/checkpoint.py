@@ -15,7 +15,6 @@ as its base, so it loads both with ``AutoModelForCausalLM`` and with :func:`load
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from ecgbench import __version__
 from ecgbench.errors import CorruptFileError, UserError
-from ecgbench.files import atomic_write, read_json_document
+from ecgbench.files import atomic_write, read_folder_document, sha256_path
 from ecgbench.models.elm import ELM, ELMConfig, build_config_encoder, build_elm
 
 CONFIG_FILE = "elm_config.json"
@@ -38,19 +37,6 @@ FORMAT = "ecgbench-elm"
 FORMAT_VERSION = 1
 #: config.llm of an exported checkpoint: the base model is the folder itself
 SELF = "."
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file, or of a folder's files (relative names and contents, in sorted order)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with file.open("rb") as handle:
-            for block in iter(lambda h=handle: h.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 #: config fields a later training stage may change when loading (``load_elm(update=...)``)
@@ -120,10 +106,10 @@ def save_elm(elm: ELM, directory: str | Path) -> Path:
         directory / WEIGHTS_FILE,
         lambda p: save_file(state, str(p), metadata={"format": "pt", "producer": f"ecgbench {__version__}"}),
     )
-    files = {WEIGHTS_FILE: sha256_of(directory / WEIGHTS_FILE)}
+    files = {WEIGHTS_FILE: sha256_path(directory / WEIGHTS_FILE)}
     if elm.ecg_tokenizer is not None:
         atomic_write(directory / ECG_TOKENIZER_FILE, lambda p: elm.ecg_tokenizer.save(p))  # type: ignore[union-attr]
-        files[ECG_TOKENIZER_FILE] = sha256_of(directory / ECG_TOKENIZER_FILE)
+        files[ECG_TOKENIZER_FILE] = sha256_path(directory / ECG_TOKENIZER_FILE)
     elm.tokenizer.save_pretrained(str(directory))
     config = elm.config
     encoder_sha = None
@@ -133,7 +119,7 @@ def save_elm(elm: ELM, directory: str | Path) -> Path:
             raise UserError(
                 f"encoder checkpoint {source} is gone; cannot reference it from the ELM checkpoint"
             )
-        encoder_sha = sha256_of(source)
+        encoder_sha = sha256_path(source)
         # referenced by absolute path, so the checkpoint loads from any working directory
         config = config.model_copy(update={"encoder_checkpoint": str(source.resolve())})
     document = {
@@ -161,19 +147,19 @@ def save_elm(elm: ELM, directory: str | Path) -> Path:
 def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
     """The parsed ``elm_config.json`` of a checkpoint, with its files verified against their checksums."""
     directory = Path(directory)
-    path = directory / CONFIG_FILE
-    if not directory.is_dir():
-        raise UserError(f"ELM checkpoint folder not found: {directory}")
-    if not path.is_file():
-        raise UserError(f"{directory} is not an ELM checkpoint (no {CONFIG_FILE})")
-    document = read_json_document(
-        path, fmt=FORMAT, what="an ecgbench ELM config", version=FORMAT_VERSION, version_key="format_version"
+    document = read_folder_document(
+        directory,
+        CONFIG_FILE,
+        kind="ELM checkpoint",
+        fmt=FORMAT,
+        version=FORMAT_VERSION,
+        version_key="format_version",
     )
     for name, expected in document.get("files", {}).items():
         file = directory / name
         if not file.is_file():
             raise CorruptFileError(f"checkpoint file missing: {file}")
-        if sha256_of(file) != expected:
+        if sha256_path(file) != expected:
             raise CorruptFileError(
                 f"checkpoint file {file} does not match its checksum (truncated or changed)"
             )
@@ -249,7 +235,7 @@ def _rebuild_encoder(config: ELMConfig, document: Mapping[str, Any], *, saved: b
     source = Path(config.encoder_checkpoint)
     if not source.exists():
         raise UserError(f"the ELM's frozen encoder checkpoint is missing: {source}")
-    if sha256_of(source) != document.get("encoder_checkpoint_sha256"):
+    if sha256_path(source) != document.get("encoder_checkpoint_sha256"):
         raise CorruptFileError(f"encoder checkpoint {source} changed since the ELM was saved")
     return build_config_encoder(config, str(source))
 

@@ -21,7 +21,6 @@ Layout under the asset root (``$ECGBENCH_ASSETS``, else ``<venv prefix>/share/ec
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecgbench.errors import CorruptFileError, UserError
+from ecgbench.files import sha256_file
 
 FETCH_COMMAND = "python -m ecgbench.models.offline_assets fetch"
 
@@ -99,14 +99,6 @@ def assets_root(root: Path | str | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path(sys.prefix) / "share" / "ecgbench" / "assets"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _missing(asset: _Asset, root: Path) -> str:
@@ -277,7 +269,7 @@ def _extract(archive_path: Path, asset: _Asset, root: Path) -> None:
             else:
                 with zipfile.ZipFile(archive_path) as zf, zf.open(asset.member) as member:
                     shutil.copyfileobj(member, out, 1 << 20)
-        if _sha256(tmp) != asset.sha256:
+        if sha256_file(tmp) != asset.sha256:
             raise CorruptFileError(
                 f"{asset.member} from {archive_path.name} does not match its pinned SHA-256"
             )
@@ -290,7 +282,7 @@ def _extract(archive_path: Path, asset: _Asset, root: Path) -> None:
 
 def _verified(asset: _Asset, root: Path) -> bool:
     path = root / asset.relpath
-    return path.is_file() and _sha256(path) == asset.sha256
+    return path.is_file() and sha256_file(path) == asset.sha256
 
 
 def fetch(root: Path | str | None = None, *, include_smollm2: bool = True) -> Path:

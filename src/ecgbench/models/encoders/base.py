@@ -17,7 +17,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from ecgbench.errors import CorruptFileError, UserError
-from ecgbench.files import atomic_write, read_json_document
+from ecgbench.files import atomic_write, read_folder_document
 
 CONFIG_FILE = "encoder.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -87,16 +87,11 @@ class ECGEncoder(nn.Module, metaclass=ABCMeta):
 
 def read_checkpoint_meta(directory: Path) -> dict[str, Any]:
     """The parsed ``encoder.json`` of a checkpoint directory, validated."""
-    path = directory / CONFIG_FILE
-    if not directory.is_dir():
-        raise UserError(f"encoder checkpoint directory not found: {directory}")
-    if not path.is_file():
-        raise UserError(f"{directory} is not an encoder checkpoint (no {CONFIG_FILE})")
-    meta = read_json_document(
-        path, fmt=CHECKPOINT_FORMAT, what="an ecgbench encoder config", version=CHECKPOINT_VERSION
+    meta = read_folder_document(
+        directory, CONFIG_FILE, kind="encoder checkpoint", fmt=CHECKPOINT_FORMAT, version=CHECKPOINT_VERSION
     )
     if not isinstance(meta.get("encoder"), str) or not isinstance(meta.get("config"), dict):
-        raise CorruptFileError(f"{path} lacks the 'encoder' name or the 'config' table")
+        raise CorruptFileError(f"{directory / CONFIG_FILE} lacks the 'encoder' name or the 'config' table")
     return meta
 
 
