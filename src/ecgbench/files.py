@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,3 +108,13 @@ def sha256_path(path: Path) -> str:
         digest.update(file.relative_to(path).as_posix().encode() + b"\0")
         _hash_file(digest, file)
     return digest.hexdigest()
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file the user wrote (``what``: "config file", "recipe"), with one-line errors."""
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} is not valid TOML: {exc}") from None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -29,6 +28,7 @@ from rich.markup import escape
 
 from ecgbench.console import console
 from ecgbench.errors import UserError
+from ecgbench.files import read_toml
 
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -54,12 +54,7 @@ def _substitute(text: str, variables: dict[str, str], where: str) -> str:
 
 
 def load_recipe(path: Path, overrides: dict[str, str] | None = None) -> list[Stage]:
-    if not path.is_file():
-        raise UserError(f"recipe not found: {path}")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"recipe {path} is not valid TOML: {exc}") from None
+    raw = read_toml(path, "recipe")
     unknown = set(raw) - {"vars", "stages", "description"}
     if unknown:
         raise UserError(

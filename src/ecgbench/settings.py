@@ -10,7 +10,6 @@ validation error can always name the flag to fix. Each command group owns one mo
 
 from __future__ import annotations
 
-import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from ecgbench.errors import UserError
+from ecgbench.files import read_toml
 
 
 class _Group(BaseModel):
@@ -207,15 +207,6 @@ class _DictSource(PydanticBaseSettingsSource):
 _toml_values: ContextVar[dict[str, Any] | None] = ContextVar("_toml_values", default=None)
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"config file not found: {path}")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
-
-
 def flag_name(loc: tuple[Any, ...]) -> str:
     """The command-line flag that sets a field, from a validation error location."""
     names = [str(part) for part in loc if isinstance(part, str)]
@@ -234,7 +225,7 @@ def load_settings(
                 flags[key] = given
         elif value is not None:
             flags[key] = value
-    token = _toml_values.set(read_config_file(config) if config else None)
+    token = _toml_values.set(read_toml(config, "config file") if config else None)
     try:
         return Settings(**flags)
     except SettingsError as exc:
