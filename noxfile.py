@@ -25,8 +25,8 @@ def _install(session: nox.Session, extras: str = "test") -> None:
 def tests(session: nox.Session) -> None:
     """Rust unit tests and the Python test suite."""
     session.run("cargo", "test", "--release", "-p", "ecgbyte", external=True)
-    _install(session, "test,plot")
-    session.run("python", "-m", "ecgbench.models.offline_assets", "fetch")
+    _install(session, "test,plot,hub,text,eval,demo")  # the extras ./dev setup installs
+    session.run("ecgbench", "assets", "fetch")
     session.run("pytest", "-n", "auto", *session.posargs)
 
 
@@ -53,7 +53,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Every benchmark at its default (quick) size; each prints our figure beside the peer's."""
-    _install(session, "test,plot")
+    _install(session, "test,plot,hub,text,eval,demo")  # the extras ./dev setup installs
     for script in sorted(os.listdir("bench")):
         if script.startswith("bench_") and script.endswith(".py"):
             session.run("python", f"bench/{script}", *session.posargs)

@@ -149,10 +149,10 @@ def main() -> None:
         config = ELMConfig(**fields, llm=args.llm, signal_length=SEGMENT, fs=FS, llm_training="frozen")
         elm = build_elm(config, ecg_tokenizer=tokenizer if config.architecture == "token" else None).eval()
         examples = [
-            elm.prepare_example(t, [e], max_length=args.max_length)
+            elm.processor.prepare_example(t, [e], max_length=args.max_length)
             for t, e in zip(conversations, ecgs, strict=True)
         ]
-        batch = elm.collate(examples)
+        batch = elm.processor.collate(examples)
         tokens = int(batch["attention_mask"].sum())
         peer_run = peer_token_forward(elm) if config.architecture == "token" else peer_soft_forward(elm)
         runs = [lambda b=batch, m=elm: m(b).logits, lambda b=batch, r=peer_run: r(b)]

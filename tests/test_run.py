@@ -91,3 +91,32 @@ def test_set_overrides_a_variable(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", str(path), "--set", "fmt=json"])
     assert result.exit_code == 0
     assert runner.invoke(app, ["run", str(path), "--set", "fmt"]).exit_code == 2
+
+
+def test_packaged_recipes_are_found_by_name_and_listed() -> None:
+    from ecgbench.run import load_recipe, packaged_recipes
+
+    assert "quickstart" in packaged_recipes()
+    listed = runner.invoke(app, ["run", "--list"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.startswith("quickstart ") and "ECG-Byte tokenizer" in listed.stdout
+    dry = runner.invoke(app, ["run", "quickstart", "--dry-run", "--set", "out=elsewhere"])
+    assert dry.exit_code == 0, dry.output
+    stages = [s.name for s in load_recipe(packaged_recipes()["quickstart"])]
+    for name in stages:
+        assert name in dry.stderr
+    assert "ecgbench data prepare sample --out elsewhere/store" in " ".join(dry.stderr.split())
+
+
+def test_a_file_beats_a_packaged_name_and_unknown_names_list_the_packaged_ones(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quickstart").write_text('[[stages]]\nname = "mine"\ncommand = "config show"\n')
+    result = runner.invoke(app, ["run", "quickstart", "--dry-run"])
+    assert result.exit_code == 0 and "mine" in result.stderr
+    missing = runner.invoke(app, ["run", "quickstrat"])
+    assert missing.exit_code == 2
+    assert "recipe not found: quickstrat" in missing.stderr and "quickstart" in missing.stderr
+    bare = runner.invoke(app, ["run"])
+    assert bare.exit_code == 2 and "--list" in bare.stderr

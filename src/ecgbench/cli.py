@@ -1,46 +1,88 @@
-"""The root ``ecgbench`` command: global options, error handling, and the command groups."""
+"""The root ``ecgbench`` command: global options, error handling, and the command groups.
+
+Groups are imported only when they run (or when their own help is asked for), so ``ecgbench --help``,
+``--version`` and shell completion stay fast. To add a group, add one line to ``GROUPS``: its name, where
+its Typer app (or a single command function) lives, and the one-line help the root lists.
+"""
 
 from __future__ import annotations
 
-import json
+import functools
+import importlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import click
 import typer
-from rich.logging import RichHandler
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from ecgbench import __version__
+try:  # typer >= 0.24 carries its own copy of click
+    from typer._click.core import Command as _ClickCommand
+    from typer._click.shell_completion import CompletionItem
+except ImportError:  # older typer runs on click itself
+    from click.core import Command as _ClickCommand
+    from click.shell_completion import CompletionItem
+
+from ecgbench.commands import CliState
 from ecgbench.console import console, stdout
-from ecgbench.data.cli import data_app
 from ecgbench.errors import UserError
-from ecgbench.run import run_recipe
-from ecgbench.settings import Settings, load_settings
-from ecgbench.tokenizer.cli import app as tokenizer_app
+
+# name: ("module:attribute", help). The attribute is a Typer app (a group) or a function (one command).
+GROUPS: dict[str, tuple[str, str]] = {
+    "config": ("ecgbench.config_cli:app", "Inspect the resolved settings."),
+    "data": ("ecgbench.data.cli:data_app", "Prepare corpora into segment stores; build conversation sets."),
+    "tokenizer": (
+        "ecgbench.tokenizer.cli:app",
+        "ECG-Byte tokenizer: ECG symbols (a..z) compressed with BPE.",
+    ),
+    "assets": (
+        "ecgbench.models.assets_cli:app",
+        "Offline model assets: real vocabularies and SmolLM2 weights.",
+    ),
+    "encoder": ("ecgbench.train.encoder_cli:app", "Stage-1 ECG and vision encoders: train, embed."),
+    "train": ("ecgbench.train.cli:app", "Train ELMs in every paradigm (end2end, llava, ..., encoder-free)."),
+    "infer": ("ecgbench.infer.cli:app", "Generate answers, evaluate them, compare runs, report."),
+    "judge": ("ecgbench.judge.cli:app", "Preference sets for DPO from the demo's feedback: export."),
+    "demo": ("ecgbench.demo.cli:demo_command", "Chat with ELMs about an ECG in a local page; rate answers."),
+    "run": ("ecgbench.run:run_recipe", "Run a whole experiment recipe, stage after stage."),
+}
 
 
-@dataclass
-class CliState:
-    config: Path | None = None
-    verbose: bool = False
+@functools.cache
+def load_group(name: str) -> Any:
+    """The click command of a registered group or command (imports its module; built once per process)."""
+    target, help_text = GROUPS[name]
+    module_name, _, attribute = target.partition(":")
+    obj = getattr(importlib.import_module(module_name), attribute)
+    if isinstance(obj, typer.Typer):
+        if obj.info.help is None:
+            obj.info.help = help_text
+        command = typer.main.get_group(obj)
+    else:
+        single = typer.Typer()
+        single.command(name)(obj)
+        command = typer.main.get_command(single)
+    command.name = name
+    _plain_help(command)
+    return command
 
-    def settings(self, **overrides: Any) -> Settings:
-        """Settings from this command's flags (``group={field: value}``; ``None`` = not given)."""
-        return load_settings(self.config, overrides)
+
+def _plain_help(command: Any) -> None:
+    """Click's own help layout for a command and everything under it: it wraps long flag names and help
+    at the terminal width (80 columns and up) instead of cutting them off as rich's tables do."""
+    if hasattr(command, "rich_markup_mode"):
+        command.rich_markup_mode = None
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
 
 
-def state(ctx: typer.Context) -> CliState:
-    root = ctx.find_root()
-    if not isinstance(root.obj, CliState):
-        root.obj = CliState()
-    return root.obj
+def _short_help(text: str, limit: int) -> str:
+    first = text.strip().split("\n\n")[0].replace("\n", " ")
+    return first if len(first) <= limit else first[: max(limit - 3, 1)].rstrip() + "..."
 
 
-def _fail(ctx: click.Context, message: str) -> NoReturn:
+def _fail(ctx: Any, message: str) -> NoReturn:
     """One red line and exit code 2 (the traceback too with --verbose)."""
     if isinstance(ctx.obj, CliState) and ctx.obj.verbose:
         console.print_exception()
@@ -49,18 +91,40 @@ def _fail(ctx: click.Context, message: str) -> NoReturn:
 
 
 class _RootGroup(TyperGroup):
-    """Turns user errors raised anywhere below into one red line and exit code 2."""
+    """Loads groups on first use and turns user errors raised below into one red line, exit code 2."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *GROUPS]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in GROUPS:
+            return load_group(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        # From the registry: listing the groups must not import them.
+        width = max(map(len, GROUPS))
+        rows = [(name, _short_help(text, formatter.width - 6 - width)) for name, (_, text) in GROUPS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def shell_complete(self, ctx: Any, incomplete: str) -> list[Any]:
+        # Group names from the registry (completing them must not import them), then option names
+        # (`--ver<TAB>`) as a plain click command completes them.
+        groups = [CompletionItem(n, help=text) for n, (_, text) in GROUPS.items() if n.startswith(incomplete)]
+        return groups + _ClickCommand.shell_complete(self, ctx, incomplete)
+
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except UserError as exc:
             _fail(ctx, str(exc))
         except OSError as exc:
             # Unwritable, missing or full locations the user chose (a path that is a directory,
-            # no permission, disk full) are theirs to fix too.
-            where = f": {exc.filename}" if exc.filename else ""
-            _fail(ctx, f"{exc.strerror or exc}{where}")
+            # no permission, disk full) are theirs to fix too: the reason and the file, never a bare path.
+            from ecgbench.errors import describe_os_error
+
+            _fail(ctx, describe_os_error(exc))
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/yellow]: run the same command again to resume")
             raise typer.Exit(130) from None
@@ -71,12 +135,15 @@ app = typer.Typer(
     cls=_RootGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="Train and evaluate ECG-language models.",
 )
 
 
 def _print_version(value: bool) -> None:
     if value:
+        from ecgbench import __version__
+
         stdout.print(f"ecgbench {__version__}")
         raise typer.Exit()
 
@@ -95,6 +162,8 @@ def root(
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
+    from rich.logging import RichHandler
+
     ctx.obj = CliState(config=config, verbose=verbose)
     # Library modules log through `logging`; --verbose shows their debug detail.
     logging.basicConfig(
@@ -103,45 +172,6 @@ def root(
         handlers=[RichHandler(console=console, show_path=False, markup=False)],
         force=True,
     )
-
-
-config_app = typer.Typer(help="Inspect the resolved settings.", no_args_is_help=True)
-
-
-@config_app.command("show")
-def config_show(
-    ctx: typer.Context,
-    fmt: Annotated[str, typer.Option("--format", help="toml or json")] = "toml",
-) -> None:
-    """Print the settings every command would use (defaults < --config file < ECGBENCH_* env)."""
-    settings = state(ctx).settings().model_dump(mode="json")
-    if fmt == "json":
-        stdout.print_json(json.dumps(settings))
-    elif fmt == "toml":
-        stdout.print(to_toml(settings), markup=False)
-    else:
-        raise UserError(f"invalid value for --format: {fmt!r} (allowed: toml, json)")
-
-
-def to_toml(values: dict[str, Any]) -> str:
-    """Settings as TOML (flat scalars first, then one table per group; None values are left out)."""
-    lines: list[str] = []
-    tables: list[tuple[str, dict[str, Any]]] = []
-    for key, value in values.items():
-        if isinstance(value, dict):
-            tables.append((key, value))
-        elif value is not None:
-            lines.append(f"{key} = {json.dumps(value)}")
-    for name, table in tables:
-        lines += ["", f"[{name}]"]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items() if v is not None]
-    return "\n".join(lines).strip() + "\n"
-
-
-app.add_typer(config_app, name="config")
-app.add_typer(tokenizer_app, name="tokenizer")
-app.add_typer(data_app, name="data")
-app.command("run")(run_recipe)
 
 
 def main() -> None:

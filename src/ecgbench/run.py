@@ -1,4 +1,7 @@
-"""``ecgbench run RECIPE.toml``: a whole experiment, stage after stage, resumable.
+"""``ecgbench run RECIPE``: a whole experiment, stage after stage, resumable.
+
+``RECIPE`` is a TOML file, or the name of a recipe that ships in the package
+(``src/ecgbench/resources/recipes``; ``ecgbench run --list`` shows them with their descriptions).
 
 A recipe only strings together the same commands a person would type::
 
@@ -26,9 +29,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from ecgbench.commands import state
 from ecgbench.console import console
 from ecgbench.errors import UserError
-from ecgbench.files import read_toml
 
 _VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -54,6 +57,8 @@ def _substitute(text: str, variables: dict[str, str], where: str) -> str:
 
 
 def load_recipe(path: Path, overrides: dict[str, str] | None = None) -> list[Stage]:
+    from ecgbench.files import read_toml
+
     raw = read_toml(path, "recipe")
     unknown = set(raw) - {"vars", "stages", "description"}
     if unknown:
@@ -66,8 +71,17 @@ def load_recipe(path: Path, overrides: dict[str, str] | None = None) -> list[Sta
     ):
         raise UserError(f"recipe {path}: [vars] must be a table of NAME = string or number")
     variables = {str(k): str(v) for k, v in table.items()}
-    variables.update(overrides or {})
     entries = raw.get("stages", [])
+    # --set may only give a variable the recipe has ([vars] or a {name} its stages use): a typo
+    # (outt=...) must not be ignored while the run writes to the default place.
+    used = set(variables) | set(_VAR.findall(str(entries)))
+    unknown = sorted(set(overrides or {}) - used)
+    if unknown:
+        known = ", ".join(sorted(used)) or "none"
+        raise UserError(
+            f"--set {', '.join(unknown)}: recipe {path} has no such variable (its variables: {known})"
+        )
+    variables.update(overrides or {})
     if not isinstance(entries, list):
         raise UserError(f"recipe {path}: stages must be [[stages]] tables")
     stages: list[Stage] = []
@@ -104,9 +118,41 @@ def load_recipe(path: Path, overrides: dict[str, str] | None = None) -> list[Sta
     return stages
 
 
+def packaged_recipes() -> dict[str, Path]:
+    """The recipes that ship inside the package, by name (``quickstart`` -> .../recipes/quickstart.toml)."""
+    from ecgbench.resources import RECIPES_DIR
+
+    return {path.stem: path for path in sorted(RECIPES_DIR.glob("*.toml"))}
+
+
+def find_recipe(recipe: str) -> Path:
+    """A recipe file: ``recipe`` as a path when that file exists, else the packaged recipe of that name."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    packaged = packaged_recipes()
+    if recipe in packaged:
+        return packaged[recipe]
+    names = ", ".join(packaged) or "none"
+    raise UserError(f"recipe not found: {recipe} (not a file, nor a packaged recipe: {names})")
+
+
+def describe_recipe(path: Path) -> str:
+    """The recipe's ``description``, on one line."""
+    from ecgbench.files import read_toml
+
+    description = read_toml(path, "recipe").get("description", "")
+    return " ".join(str(description).split())
+
+
 def run_recipe(
     ctx: typer.Context,
-    recipe: Annotated[Path, typer.Argument(help="TOML recipe with [vars] and [[stages]].")],
+    recipe: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="RECIPE", help="a TOML recipe ([vars], [[stages]]) or the name of a packaged one (--list)"
+        ),
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a recipe variable: NAME=VALUE (repeatable).")
     ] = None,
@@ -117,26 +163,33 @@ def run_recipe(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the commands without running them.")
     ] = False,
+    list_: Annotated[
+        bool, typer.Option("--list", help="List the packaged recipes with their descriptions.")
+    ] = False,
 ) -> None:
     """Run a whole experiment recipe, stage after stage; finished stages are skipped."""
+    if list_:
+        from ecgbench.console import stdout
+
+        for name, path in packaged_recipes().items():
+            stdout.print(f"[bold]{name}[/bold]  {escape(describe_recipe(path))}", soft_wrap=True)
+        return
+    if recipe is None:
+        raise UserError("give a RECIPE: a recipe file or a packaged recipe's name (--list shows them)")
     overrides: dict[str, str] = {}
     for item in set_ or []:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise UserError(f"invalid value for --set: {item!r} (expected NAME=VALUE)")
         overrides[name] = value
-    stages = load_recipe(recipe, overrides)
+    stages = load_recipe(find_recipe(recipe), overrides)
     names = [s.name for s in stages]
     if start is not None and start not in names:
         raise UserError(f"invalid value for --from: {start!r} (stages: {', '.join(names)})")
     first = names.index(start) if start else 0
 
     root = ctx.find_root()
-    global_args: list[str] = []
-    if root.obj is not None and getattr(root.obj, "config", None):
-        global_args += ["--config", str(root.obj.config)]
-    if root.obj is not None and getattr(root.obj, "verbose", False):
-        global_args.append("--verbose")
+    global_args = state(ctx).global_args()
 
     for i, stage in enumerate(stages):
         shown = escape("ecgbench " + shlex.join(stage.command))

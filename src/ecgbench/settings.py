@@ -10,9 +10,10 @@ validation error can always name the flag to fix. Each command group owns one mo
 
 from __future__ import annotations
 
+import functools
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,14 +23,21 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from ecgbench.errors import UserError
-from ecgbench.files import read_toml
+from ecgbench.models.config import ModelSettings  # the user-settable part of every ELM config
+
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
 
 
 class _Group(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # defer_build: the validators are built on first use, so command-line help (which only reads the
+    # fields) does not pay for them. validate_default: checks that span fields (a band edge below the
+    # Nyquist rate of target_fs) also hold when only one of the fields was given.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, validate_default=True, defer_build=True
+    )
 
 
 class TokenizerSettings(_Group):
@@ -140,68 +148,184 @@ class SetsSettings(_Group):
     renderer: Literal["ecgbench", "ecg-plot"] = Field(
         "ecgbench", description="12-lead figure: our Matplotlib renderer or the ecg_plot package"
     )
-
-
-class ModelSettings(_Group):
-    """The language model and how it is loaded and adapted."""
-
-    llm: str = Field("tiny-llama", description="registry name, hub id, local directory or GGUF file")
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="attention kernel"
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory)")
-    lora: bool = Field(False, description="train LoRA adapters instead of the full LLM")
-    lora_rank: int = Field(16, ge=1, le=4096, description="LoRA rank r")
-    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
-    lora_target_modules: list[str] | None = Field(
-        None, description="module names to adapt (default: the family's attention and MLP projections)"
+    questions_per_record: int = Field(
+        4, ge=1, le=1000, description="questions on each record's labels and report (set `labels`)"
     )
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="ECGBENCH_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        nested_model_default_partial_update=True,
+class OptimizationSettings(_Group):
+    """How a trainer optimises: shared by stage-1 encoder training and ELM training."""
+
+    max_steps: int | None = Field(
+        None, ge=1, description="optimizer updates to run (default: --epochs passes)"
     )
+    epochs: int = Field(1, ge=1, description="passes over the training split (when --max-steps is not given)")
+    lr: float = Field(1e-4, gt=0.0, description="peak learning rate")
+    weight_decay: float = Field(0.05, ge=0.0, description="AdamW weight decay on weight matrices")
+    warmup_steps: int = Field(0, ge=0, description="optimizer updates of linear warmup")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="learning-rate decay after warmup"
+    )
+    eval_every: int = Field(100, ge=1, description="optimizer updates between validation runs")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="autocast dtype (fp16 needs a GPU)"
+    )
+    grad_accum: int = Field(1, ge=1, description="micro-batches accumulated into each optimizer update")
+    train_split: Literal["train", "val", "test"] = Field("train", description="split to train on")
+    val_split: Literal["train", "val", "test"] = Field(
+        "val", description="split whose loss picks the best checkpoint"
+    )
+
+    @field_validator("val_split")
+    @classmethod
+    def _distinct_splits(cls, value: str, info: ValidationInfo) -> str:
+        if value == info.data.get("train_split"):
+            raise ValueError("must differ from --train-split: the best checkpoint is chosen on held-out data")
+        return value
+
+
+class EncoderTrainSettings(OptimizationSettings):
+    """Stage-1 encoder training and feature extraction (`encoder train | embed`)."""
+
+    # The names of ecgbench.models.encoders.ENCODER_NAMES (kept here so reading settings imports no torch).
+    encoder: Literal["st-mem", "mlae", "mtae", "merl", "vit", "clip", "siglip", "dinov2"] = Field(
+        "st-mem", description="encoder to train and its objective"
+    )
+    preset: Literal["tiny", "base"] = Field(
+        "base",
+        description="tiny: small random init; base: paper size (ECG) or the family's hub weights (vision)",
+    )
+    representation: Literal["signal", "stacked", "image"] | None = Field(
+        None, description="input of the encoder (default: signal for ECG encoders, image for vision towers)"
+    )
+    batch_size: int = Field(64, ge=1, description="segments per batch on each device")
+
+
+class TrainSettings(OptimizationSettings):
+    """ELM training (`train <paradigm>`): data, batches, checkpoints, logging."""
+
+    batch_size: int = Field(8, ge=1, description="conversations per micro-batch on each device")
+    max_length: int = Field(1024, ge=16, description="tokens per conversation (ECG runs shrink first)")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="clip gradients to this global norm (0 = off)")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final learning rate / peak (cosine, linear)")
+    save_every: int = Field(
+        0, ge=0, description="optimizer updates between resumable checkpoints (0 = at each evaluation)"
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="resumable checkpoints kept (the oldest go first)")
+    patience: int | None = Field(
+        None, ge=1, description="stop after this many evaluations without a better val loss (default: never)"
+    )
+    deterministic: bool = Field(False, description="deterministic kernels and data order (exact resume)")
+    num_workers: int = Field(2, ge=0, le=64, description="DataLoader worker processes building examples")
+    group_by_length: bool = Field(True, description="batch conversations of similar length (less padding)")
+    system_prompt: str | None = Field(None, description="system prompt of every conversation (default: none)")
+    log_every: int = Field(10, ge=1, description="optimizer updates between logged training losses")
+    report_to: Literal["tensorboard", "wandb", "none"] = Field(
+        "tensorboard", description="experiment tracker (metrics.jsonl is always written)"
+    )
+    val_max_conversations: int | None = Field(
+        None, ge=1, description="evaluate on at most this many val conversations (default: all)"
+    )
+    set_weights: list[float] | None = Field(
+        None, description="mixing weight of each --sets, in order (default: 1 each)"
+    )
+
+
+class InferSettings(_Group):
+    """Generation and evaluation (`infer generate | evaluate | compare | report`)."""
+
+    split: Literal["train", "val", "test"] = Field("test", description="split whose questions are answered")
+    ecg: list[str] = Field(
+        ["real"],
+        description="ECG given with each question: real, zeros, noise, shuffled (another record's) or none; "
+        "repeat for several (one predictions file each)",
+    )
+    batch_size: int = Field(8, ge=1, description="prompts generated together (left-padded)")
+    max_new_tokens: int = Field(128, ge=1, description="longest answer, in tokens")
+    do_sample: bool = Field(False, description="sample instead of greedy decoding")
+    temperature: float = Field(1.0, gt=0.0, description="sampling temperature (with --do-sample)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass (with --do-sample)")
+    top_k: int = Field(0, ge=0, description="sample among the k likeliest tokens, 0 = all (with --do-sample)")
+    max_length: int | None = Field(
+        None, ge=16, description="longest prompt in tokens; ECG runs shrink first (default: no limit)"
+    )
+    system_prompt: str | None = Field(None, description="system prompt of every conversation (default: none)")
+    profile: Literal["ecgbench", "peer"] = Field(
+        "ecgbench", description="metric settings: ecgbench, or the peer's published ones (comparable numbers)"
+    )
+    bertscore: Literal["auto", "bertscore", "minilm", "off"] = Field(
+        "auto", description="auto: roberta-large BERTScore if present, else the MiniLM stand-in (own key)"
+    )
+    bootstrap_resamples: int = Field(1000, ge=10, description="bootstrap resamples of every interval")
+
+    @field_validator("ecg")
+    @classmethod
+    def _ecg_modes(cls, value: list[str]) -> list[str]:
+        allowed = ("real", "zeros", "noise", "shuffled", "none")
+        wrong = [v for v in value if v not in allowed]
+        if wrong or not value:
+            raise ValueError(f"each value must be one of {', '.join(allowed)}")
+        return value
+
+
+class Settings(BaseModel):
+    """Every setting: top-level fields and one group per command family (a ``[group]`` table in TOML)."""
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     seed: int = Field(0, description="random seed for everything that draws random numbers")
-    tokenizer: TokenizerSettings = TokenizerSettings()
-    data: DataSettings = DataSettings()
-    sets: SetsSettings = SetsSettings()
-    model: ModelSettings = ModelSettings()
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml = _toml_values.get()
-        if toml:
-            sources.append(_DictSource(settings_cls, toml))
-        return tuple(sources)
+    tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    sets: SetsSettings = Field(default_factory=SetsSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    encoder: EncoderTrainSettings = Field(default_factory=EncoderTrainSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    infer: InferSettings = Field(default_factory=InferSettings)
 
 
-class _DictSource(PydanticBaseSettingsSource):
-    """Values already read from the TOML file (read by us so a syntax error is one clear line)."""
+@functools.cache
+def _resolving_settings() -> type[Settings]:
+    """:class:`Settings` that also reads ``ECGBENCH_*`` variables and the TOML values (pydantic-settings is
+    imported only when a command resolves its settings: command-line help and completion do not need it)."""
+    from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]):
-        super().__init__(settings_cls)
-        self._values = values
+    class _DictSource(PydanticBaseSettingsSource):
+        """Values already read from the TOML file (read by us so a syntax error is one clear line)."""
 
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._values.get(field_name), field_name, False
+        def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]):
+            super().__init__(settings_cls)
+            self._values = values
 
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._values)
+        def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+            return self._values.get(field_name), field_name, False
+
+        def __call__(self) -> dict[str, Any]:
+            return dict(self._values)
+
+    class ResolvedSettings(BaseSettings, Settings):
+        model_config = SettingsConfigDict(
+            env_prefix="ECGBENCH_",
+            env_nested_delimiter="__",
+            extra="forbid",
+            nested_model_default_partial_update=True,
+        )
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            toml = _toml_values.get()
+            if toml:
+                sources.append(_DictSource(settings_cls, toml))
+            return tuple(sources)
+
+    return ResolvedSettings
 
 
 _toml_values: ContextVar[dict[str, Any] | None] = ContextVar("_toml_values", default=None)
@@ -211,6 +335,64 @@ def flag_name(loc: tuple[Any, ...]) -> str:
     """The command-line flag that sets a field, from a validation error location."""
     names = [str(part) for part in loc if isinstance(part, str)]
     return "--" + names[-1].replace("_", "-") if names else "--config"
+
+
+ENV_PREFIX = "ECGBENCH_"
+# ECGBENCH_* variables that are not settings fields (read elsewhere).
+OTHER_VARIABLES = frozenset({"ECGBENCH_CONFIG", "ECGBENCH_ASSETS"})
+
+
+def environment_names() -> dict[str, str]:
+    """Every ``ECGBENCH_*`` name that sets something, upper case -> (group.)field."""
+    names = dict.fromkeys(OTHER_VARIABLES, "")
+    for field, info in Settings.model_fields.items():
+        names[f"{ENV_PREFIX}{field}".upper()] = field
+        group = info.annotation if isinstance(info.annotation, type) else None
+        if group is not None and issubclass(group, BaseModel):
+            for sub in group.model_fields:
+                names[f"{ENV_PREFIX}{field}__{sub}".upper()] = f"{field}.{sub}"
+    return names
+
+
+def check_environment() -> None:
+    """A misspelt ``ECGBENCH_*`` variable (``ECGBENCH_DATA_TARGET_FS``, one underscore) would be ignored
+    without a word: name it, and the variable it probably means."""
+    import difflib
+    import os
+
+    known = environment_names()
+    for name in sorted(os.environ):
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
+            close = difflib.get_close_matches(name.upper(), list(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UserError(f"unknown environment variable {name}{hint}; settings are ECGBENCH_GROUP__FIELD")
+
+
+def _setter_of(loc: tuple[Any, ...], flags: dict[str, Any], config: Path | None) -> str:
+    """Where the value at ``loc`` came from, named the way the user set it: the flag, the ``ECGBENCH_*``
+    variable, or the ``--config`` file (flags beat variables, which beat the file)."""
+    import os
+
+    names = [str(part) for part in loc if isinstance(part, str)]
+    if not names:
+        return flag_name(loc)
+    given: Any = flags
+    for part in names:
+        given = given.get(part) if isinstance(given, dict) else None
+    if given is not None:
+        return flag_name(loc)
+    environment = {k.upper(): k for k in os.environ}
+    nested = f"{ENV_PREFIX}{'__'.join(names[:2])}".upper()
+    if nested in environment:
+        return environment[nested]
+    if len(names) > 1 and f"{ENV_PREFIX}{names[0]}".upper() in environment:
+        return environment[f"{ENV_PREFIX}{names[0]}".upper()]  # a whole group as JSON
+    toml = _toml_values.get() or {}
+    for part in names:
+        toml = toml.get(part) if isinstance(toml, dict) else None
+    if toml is not None and config is not None:
+        return f"--config {config}"
+    return flag_name(loc)
 
 
 def load_settings(
@@ -225,9 +407,14 @@ def load_settings(
                 flags[key] = given
         elif value is not None:
             flags[key] = value
+    from pydantic_settings import SettingsError
+
+    from ecgbench.files import read_toml
+
+    check_environment()
     token = _toml_values.set(read_toml(config, "config file") if config else None)
     try:
-        return Settings(**flags)
+        return _resolving_settings()(**flags)
     except SettingsError as exc:
         # An ECGBENCH_<GROUP> variable that is not a JSON object.
         raise UserError(
@@ -240,8 +427,10 @@ def load_settings(
         value = err.get("input")
         shown = f" = {value!r}" if not isinstance(value, dict) else ""
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        setter = _setter_of(loc, flags, config)
         if err.get("type") == "extra_forbidden":
-            raise UserError(f"unknown setting {key!r}{more}") from None
-        raise UserError(f"invalid value for {flag_name(loc)} ({key}{shown}): {err['msg']}{more}") from None
+            where = "" if setter.startswith("--") and not setter.startswith("--config") else f" in {setter}"
+            raise UserError(f"unknown setting {key!r}{where}{more}") from None
+        raise UserError(f"invalid value for {setter} ({key}{shown}): {err['msg']}{more}") from None
     finally:
         _toml_values.reset(token)

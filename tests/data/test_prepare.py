@@ -72,7 +72,7 @@ def test_stored_values_are_wfdb_values_in_canonical_order(tmp_path):
     settings = DataSettings(target_fs=500, seg_len=1000, **RAW)
     store = prepare("csn", SAMPLE_DIR / "chapman_shaoxing_ningbo_cinc2021", tmp_path / "csn", settings).store
     record = wfdb.rdrecord(str(SAMPLE_DIR / "chapman_shaoxing_ningbo_cinc2021/JS00666"))
-    segments = store.records()["JS00666"]
+    segments = store.records()[("csn", "JS00666")]
     assert len(segments) == 5
     for k, segment_id in enumerate(segments):
         got = store.read(segment_id)
@@ -135,7 +135,7 @@ def test_bad_records_are_counted_and_the_rest_prepared(tmp_path):
     wrong_fs.write_text(wrong_fs.read_text().replace("JS20003 12 500 5000", "JS20003 12 250 5000"))
     copy_record("chapman_shaoxing_ningbo_cinc2021/JS20004", root).with_suffix(".mat").unlink()
     store = prepare("csn", root, tmp_path / "store", DataSettings()).store
-    assert sorted(store.records()) == ["JS00666"]
+    assert sorted(store.records()) == [("csn", "JS00666")]
     assert store.manifest["counts"]["rejected"] == {
         "corrupt_file": 2,
         "missing_file": 1,
@@ -165,8 +165,9 @@ def test_mimic_nan_stretches_follow_the_nan_policy(tmp_path, span, kept):
 def test_code15_zero_padding_never_becomes_segments(tmp_path):
     store = prepare("code15", write_code15(tmp_path / "code15"), tmp_path / "store", DataSettings()).store
     records = store.records()
-    assert len(records["1169160"]) == 1  # 7 s -> one 5 s segment (10.24 s with padding would give 2)
-    assert len(records["2873686"]) == 2  # 10 s -> two
+    # 7 s -> one 5 s segment (10.24 s with padding would give 2)
+    assert len(records[("code15", "1169160")]) == 1
+    assert len(records[("code15", "2873686")]) == 2  # 10 s -> two
     assert store.manifest["counts"]["rejected"] == {"missing_file": 1}
     assert any("CODE-15%" in note for note in store.manifest["notes"])
 

@@ -10,7 +10,6 @@ from ecgbench.data.readers import CANONICAL_LEADS, RecordRejected, load_record
 from ecgbench.data.readers.base import to_canonical_leads, to_millivolts
 from ecgbench.data.readers.csn import CsnReader
 from ecgbench.data.signal import (
-    SignalParams,
     apply_filters,
     fill_gaps,
     filter_bank,
@@ -21,6 +20,7 @@ from ecgbench.data.signal import (
     segment_bounds,
 )
 from ecgbench.resources import SAMPLE_DIR
+from ecgbench.settings import DataSettings
 
 
 def sine(freq: float, fs: float, seconds: float, amplitude: float = 1.0) -> np.ndarray:
@@ -151,10 +151,10 @@ def test_process_record_gives_segments_from_duration():
         "JS00666"
     ]
     raw = load_record(ref)
-    out = process_record(raw, SignalParams(), mains_hz=50.0)
+    out = process_record(raw, DataSettings(), mains_hz=50.0)
     assert out.segments.shape == (2, 12, 1250)  # 10 s at 250 Hz in 5 s segments
     assert out.n_samples == [1250, 1250] and out.nan_filled == 0
     assert out.segments.dtype == np.float32
-    padded = process_record(raw, SignalParams(seg_len=1000, remainder="pad"), mains_hz=50.0)
+    padded = process_record(raw, DataSettings(seg_len=1000, remainder="pad"), mains_hz=50.0)
     assert padded.n_samples == [1000, 1000, 500]
     assert not padded.segments[2, :, 500:].any()

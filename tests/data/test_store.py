@@ -46,7 +46,8 @@ def test_store_follows_interface_b(small_shards):
     shard = np.load(store.path / f"shards/shard-{row['shard']:05d}.npy", mmap_mode="r")
     np.testing.assert_array_equal(segment, shard[row["offset"]])
     records = store.records()
-    assert records["1"] == [0, 1] and records["JS00666"] == sorted(records["JS00666"])
+    js00666 = records[("csn", "JS00666")]
+    assert records[("ptbxl", "1")] == [0, 1] and js00666 == sorted(js00666)
     assert sum(len(v) for v in records.values()) == 68
 
 
@@ -128,7 +129,8 @@ def test_crash_inside_a_commit_leaves_no_orphans(tmp_path, small_shards, monkeyp
     def die_before_second_state(path, value):
         if path.name == "state.json":
             calls["n"] += 1
-            if calls["n"] == 2:
+            # the writer's first state.json (no commits yet), then commit 0, then commit 1:
+            if calls["n"] == 3:
                 raise OSError("disk full")  # shard 1 and its index part are on disk, the state is not
         real_write_json(path, value)
 
@@ -179,4 +181,5 @@ def test_rejections_are_stored_with_reasons(tmp_path):
     assert {r["reason"] for r in rejected} == {"too_short"}
     assert store.manifest["counts"]["rejected"] == {"too_short": len(rejected)}
     assert len(rejected) + store.manifest["counts"]["records_kept"] == 28
-    assert sorted(store.records()) == ["A0005", "A1984", "s0010_re"]  # 25 s, 19 s, 38.4 s
+    kept = [("cpsc", "A0005"), ("cpsc", "A1984"), ("wfdb", "s0010_re")]  # 25 s, 19 s, 38.4 s
+    assert sorted(store.records()) == kept

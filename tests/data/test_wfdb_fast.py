@@ -82,12 +82,13 @@ def test_signals_in_two_files_keep_header_order(monkeypatch):
 
 
 def test_header_defaults_follow_wfdb(tmp_path, monkeypatch):
-    """Gain 0 means 200, a missing baseline is the ADC zero, missing units are mV, other units are kept,
-    a base time and date are accepted, comments anywhere are collected."""
+    """A missing baseline is the ADC zero, missing units are mV, other units are kept, a base time and
+    date are accepted, comments anywhere are collected. (Gain 0, uncalibrated, is rejected: see
+    test_data_reliability.py.)"""
     header = copy_record("ptbxl_cinc2021/HR06000", tmp_path)
     lines = header.read_text().splitlines()
     lines[0] = lines[0] + " 10:20:30 25/12/2020"
-    lines[1] = lines[1].replace("1000.0(0)/mv 16 0", "0 16 0")
+    lines[1] = lines[1].replace("1000.0(0)/mv 16 0", "1000 16 0")
     lines[2] = lines[2].replace("1000.0(0)/mv 16 0", "500/uV 16 37")
     lines[3] = lines[3].replace("1000.0(0)/mv 16 0", "2.5e2(-12) 16 5")
     lines.insert(5, "# a comment between signal lines")

@@ -146,7 +146,8 @@ def make_elm(variant: str, family: str = "gpt2", **overrides: object) -> ELM:
     fields.update(overrides)
     config = ELMConfig(**fields)
     tokenizer = ecg_byte_tokenizer() if config.architecture == "token" else None
-    keep = {"llm", "llm_dtype", "attn_implementation", "llm_training", "lora", "seed"}
+    keep = {"llm", "llm_dtype", "attn_implementation", "llm_training", "seed", "signal_length", "fs"}
+    keep |= {name for name in ELMConfig.model_fields if name.startswith("lora_")}
     settings = ELMConfig(
         architecture="encoder-free", representation="signal", **config.model_dump(include=keep)
     )

@@ -20,6 +20,7 @@ from ecgbench.models.checkpoint import (
     export_merged,
     load_elm,
     push_to_hub,
+    save_elm,
 )
 from ecgbench.models.elm import ELM
 
@@ -28,10 +29,10 @@ MAX_LENGTH = 256
 
 def _batches(elm: ELM) -> tuple[dict, dict]:
     convs = conversations()
-    train = elm.collate([elm.prepare_example(t, e, max_length=MAX_LENGTH) for t, e in convs[:2]])
-    prompts = elm.collate(
+    train = elm.processor.collate([elm.processor.prepare_example(t, e, max_length=MAX_LENGTH) for t, e in convs[:2]])
+    prompts = elm.processor.collate(
         [
-            elm.prepare_prompt([t[0]], e[: t[0]["content"].count("<ecg>")], max_length=MAX_LENGTH)
+            elm.processor.prepare_prompt([t[0]], e[: t[0]["content"].count("<ecg>")], max_length=MAX_LENGTH)
             for t, e in convs
         ],
         "left",
@@ -58,7 +59,7 @@ def test_round_trip_gives_identical_outputs(variant: str, tmp_path: Path) -> Non
     elm.config.training_stage = "finetune"
     reference = _logits(elm, train)
     answers = elm.generate_ids(prompts, max_new_tokens=4)
-    elm.save(tmp_path / "ckpt")
+    save_elm(elm, tmp_path / "ckpt")
 
     loaded = load_elm(tmp_path / "ckpt")
     assert loaded.config == elm.config
@@ -70,7 +71,7 @@ def test_round_trip_gives_identical_outputs(variant: str, tmp_path: Path) -> Non
 
 def test_checkpoint_holds_only_what_was_trained(tmp_path: Path) -> None:
     elm = make_elm("token")
-    elm.save(tmp_path)
+    save_elm(elm, tmp_path)
     keys = _saved_keys(tmp_path)
     parts = {key.split(".", 1)[0] for key in keys}
     assert parts == {"lora", "ecg_embeddings"}
@@ -85,7 +86,7 @@ def test_checkpoint_holds_only_what_was_trained(tmp_path: Path) -> None:
     assert saved == sum(t.numel() for t in _load_tensors(tmp_path).values())
 
     free = make_elm("free-signal", llm_training="frozen")
-    free.save(tmp_path / "free")
+    save_elm(free, tmp_path / "free")
     assert {k.split(".", 1)[0] for k in _saved_keys(tmp_path / "free")} == {"projector"}
 
 
@@ -103,7 +104,7 @@ def test_fully_trained_llm_round_trip_with_tied_weights(tmp_path: Path) -> None:
     train, _ = _batches(elm)
     train_steps(elm, train, steps=1)
     reference = _logits(elm, train)
-    elm.save(tmp_path)
+    save_elm(elm, tmp_path)
     document = json.loads((tmp_path / CONFIG_FILE).read_text())
     assert document["tied_aliases"]  # the tied output matrix is stored once
     assert torch.equal(_logits(load_elm(tmp_path), train), reference)
@@ -111,7 +112,7 @@ def test_fully_trained_llm_round_trip_with_tied_weights(tmp_path: Path) -> None:
 
 def test_trainable_load_restores_the_trainable_parts(tmp_path: Path) -> None:
     elm = make_elm("encoder-signal", train_encoder=True)
-    elm.save(tmp_path)
+    save_elm(elm, tmp_path)
     loaded = load_elm(tmp_path, trainable=True)
     before = {n for n, p in elm.named_parameters() if p.requires_grad}
     assert {n for n, p in loaded.named_parameters() if p.requires_grad} == before
@@ -124,7 +125,7 @@ def test_frozen_encoder_checkpoint_is_referenced_and_checked(tmp_path: Path) -> 
     encoder_dir = build_encoder("st-mem", "tiny").save_pretrained(tmp_path / "encoder")
     elm = make_elm("encoder-signal", encoder_checkpoint=str(encoder_dir))
     train, _ = _batches(elm)
-    elm.save(tmp_path / "elm")
+    save_elm(elm, tmp_path / "elm")
     assert "encoder" not in {k.split(".", 1)[0] for k in _saved_keys(tmp_path / "elm")}
     assert torch.equal(_logits(load_elm(tmp_path / "elm"), train), _logits(elm, train))
 
@@ -137,7 +138,7 @@ def test_next_stage_adds_lora_to_a_projector_only_stage(tmp_path: Path) -> None:
     stage1 = make_elm("free-signal", llm_training="frozen", training_stage="pretrain")
     train, _ = _batches(stage1)
     train_steps(stage1, train, steps=2)
-    stage1.save(tmp_path / "stage1")
+    save_elm(stage1, tmp_path / "stage1")
     stage2 = load_elm(
         tmp_path / "stage1", trainable=True, update={"llm_training": "lora", "training_stage": "finetune"}
     )
@@ -149,7 +150,7 @@ def test_next_stage_adds_lora_to_a_projector_only_stage(tmp_path: Path) -> None:
     # fresh LoRA starts as the identity (B = 0): the stage-2 model still computes stage 1's function
     torch.testing.assert_close(_logits(stage2, train), _logits(stage1, train))
     train_steps(stage2, train, steps=1)
-    stage2.save(tmp_path / "stage2")
+    save_elm(stage2, tmp_path / "stage2")
     assert torch.equal(_logits(load_elm(tmp_path / "stage2"), train), _logits(stage2, train))
 
     with pytest.raises(UserError, match="export it with export_merged"):
@@ -164,7 +165,7 @@ def test_next_stage_adds_lora_to_a_projector_only_stage(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def saved_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("ckpt")
-    make_elm("free-signal").save(directory)
+    save_elm(make_elm("free-signal"), directory)
     return directory
 
 
@@ -229,17 +230,17 @@ def test_token_elm_exports_to_a_plain_transformers_model(tmp_path: Path) -> None
     train_steps(elm, train, steps=2)
     reference = _logits(elm, train)
     answers = elm.generate_ids(prompts, max_new_tokens=4)
-    elm.save(tmp_path / "ckpt")
+    save_elm(elm, tmp_path / "ckpt")
     out = export_merged(tmp_path / "ckpt", tmp_path / "export")
 
     plain = AutoModelForCausalLM.from_pretrained(str(out)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(out))
-    assert tokenizer.convert_tokens_to_ids("<ecg_start>") == elm.ecg_start_id
+    assert tokenizer.convert_tokens_to_ids("<ecg_start>") == elm.processor.ecg_start_id
     with torch.no_grad():
         logits = plain(input_ids=train["input_ids"], attention_mask=train["attention_mask"]).logits
     vocab = reference.shape[-1]
     torch.testing.assert_close(logits[..., :vocab], reference, atol=1e-4, rtol=1e-4)
-    assert set(plain.generation_config.suppress_tokens) >= {elm.ecg_start_id, elm.ecg_end_id}
+    assert set(plain.generation_config.suppress_tokens) >= {elm.processor.ecg_start_id, elm.processor.ecg_end_id}
     generated = plain.generate(
         input_ids=prompts["input_ids"],
         attention_mask=prompts["attention_mask"],
@@ -264,7 +265,7 @@ def test_encoder_elm_export_keeps_its_front_end(tmp_path: Path) -> None:
     train, _ = _batches(elm)
     train_steps(elm, train, steps=2)
     reference = _logits(elm, train)
-    elm.save(tmp_path / "ckpt")
+    save_elm(elm, tmp_path / "ckpt")
     out = export_merged(tmp_path / "ckpt", tmp_path / "export")
     assert (out / "config.json").is_file() and (out / WEIGHTS_FILE).is_file()
     assert {k.split(".", 1)[0] for k in _saved_keys(out)} == {"projector", "encoder"}

@@ -20,7 +20,8 @@ from pydantic import ValidationError
 
 from ecgbench.errors import UserError
 from ecgbench.models.chat import IGNORE_INDEX
-from ecgbench.models.elm import ECG_END, ECG_START, ELMConfig, build_elm, ecg_byte_token
+from ecgbench.models.elm import ELMConfig, build_elm
+from ecgbench.models.processor import ECG_END, ECG_START, ecg_byte_token
 from ecgbench.models.projector import PatchProjector, Projector, pool_tokens
 
 # The token ELM's ECG-Byte runs are long; truncation shrinks them to fit (interface C).
@@ -29,13 +30,13 @@ MAX_LENGTH = 256
 
 def _batch(elm, convs=None, padding_side="right"):
     convs = conversations()[:2] if convs is None else convs
-    return elm.collate([elm.prepare_example(t, e, max_length=MAX_LENGTH) for t, e in convs], padding_side)
+    return elm.processor.collate([elm.processor.prepare_example(t, e, max_length=MAX_LENGTH) for t, e in convs], padding_side)
 
 
 def _prompts(elm, convs=None):
     convs = conversations()[:2] if convs is None else convs
     return [
-        elm.prepare_prompt([t[0]], e[: t[0]["content"].count("<ecg>")], max_length=MAX_LENGTH)
+        elm.processor.prepare_prompt([t[0]], e[: t[0]["content"].count("<ecg>")], max_length=MAX_LENGTH)
         for t, e in convs
     ]
 
@@ -66,7 +67,7 @@ def test_forward_backward_generate(variant: str, family: str) -> None:
     assert expected <= trained
     assert "encoder" not in trained  # frozen by default
 
-    prompts = elm.collate(_prompts(elm), "left")
+    prompts = elm.processor.collate(_prompts(elm), "left")
     ids = elm.generate_ids(prompts, max_new_tokens=2, min_new_tokens=2)
     # generate(inputs_embeds=...) returns only new tokens; nothing may be cut away as "the prompt"
     assert [len(row) for row in ids] == [2, 2]
@@ -83,9 +84,9 @@ def test_left_padded_batch_generates_as_single_prompts(variant: str, family: str
     elm = make_elm(variant, family)
     sharpen(elm)
     prompts = _prompts(elm, conversations())
-    batched = elm.generate_ids(elm.collate(prompts, "left"), max_new_tokens=5, min_new_tokens=5)
+    batched = elm.generate_ids(elm.processor.collate(prompts, "left"), max_new_tokens=5, min_new_tokens=5)
     single = [
-        elm.generate_ids(elm.collate([p], "left"), max_new_tokens=5, min_new_tokens=5)[0] for p in prompts
+        elm.generate_ids(elm.processor.collate([p], "left"), max_new_tokens=5, min_new_tokens=5)[0] for p in prompts
     ]
     assert batched == single
     assert len({tuple(row) for row in batched}) > 1  # the prompts really lead to different answers
@@ -93,7 +94,7 @@ def test_left_padded_batch_generates_as_single_prompts(variant: str, family: str
 
 def test_generation_refuses_right_padding() -> None:
     elm = make_elm("free-signal")
-    batch = elm.collate(_prompts(elm), "right")
+    batch = elm.processor.collate(_prompts(elm), "right")
     with pytest.raises(ValueError, match="left-padded"):
         elm.generate(batch, max_new_tokens=2)
 
@@ -112,7 +113,7 @@ END_OF_TURN = {
 def test_labels_cover_exactly_the_assistant_answers(family: str) -> None:
     elm = make_elm("free-signal", family)
     turns, ecgs = conversations()[2]
-    example = elm.prepare_example(turns, ecgs, max_length=1024)
+    example = elm.processor.prepare_example(turns, ecgs, max_length=1024)
     ids, labels = example["input_ids"], example["labels"]
     assert len(ids) == len(labels) == len(example["attention_mask"])
     spans: list[list[int]] = []
@@ -151,7 +152,7 @@ def test_soft_tokens_land_in_their_own_conversation_and_order() -> None:
     for row, (_, ecgs) in enumerate(convs):
         slots = (batch["input_ids"][row] == elm.placeholder_id).nonzero().flatten()
         assert len(slots) == n * len(ecgs)
-        expected = elm.soft_tokens(elm.representation_of(ecgs)).reshape(-1, elm.embedding_dim)
+        expected = elm.soft_tokens(elm.processor.representation_of(ecgs)).reshape(-1, elm.embedding_dim)
         torch.testing.assert_close(embeds[row, slots], expected)
     # text positions keep the LLM's own embeddings
     text = batch["input_ids"] != elm.placeholder_id
@@ -162,22 +163,22 @@ def test_soft_tokens_land_in_their_own_conversation_and_order() -> None:
 def test_truncation_keeps_the_ecgs_of_the_kept_turns() -> None:
     elm = make_elm("encoder-signal")
     turns, ecgs = conversations()[2]
-    full = elm.prepare_example(turns, ecgs, max_length=1024)
+    full = elm.processor.prepare_example(turns, ecgs, max_length=1024)
     assert len(full["ecg"]) == 2
-    short = elm.prepare_example(turns, ecgs, max_length=len(full["input_ids"]) - 4)
+    short = elm.processor.prepare_example(turns, ecgs, max_length=len(full["input_ids"]) - 4)
     assert len(short["input_ids"]) <= len(full["input_ids"]) - 4
     assert len(short["ecg"]) == 1  # the oldest turn pair and its ECG were dropped
-    torch.testing.assert_close(short["ecg"], elm.representation_of([ecgs[1]]))
-    elm(elm.collate([short]))  # placeholders and ECGs still agree
+    torch.testing.assert_close(short["ecg"], elm.processor.representation_of([ecgs[1]]))
+    elm(elm.processor.collate([short]))  # placeholders and ECGs still agree
 
 
 def test_token_elm_ids_are_ecg_byte_ids_in_the_llm_vocabulary() -> None:
     elm = make_elm("token")
     tokenizer = ecg_byte_tokenizer()
     turns, ecgs = conversations()[0]
-    example = elm.prepare_example(turns, ecgs, max_length=100_000)
+    example = elm.processor.prepare_example(turns, ecgs, max_length=100_000)
     ids = example["input_ids"]
-    start, end = ids.index(elm.ecg_start_id), ids.index(elm.ecg_end_id)
+    start, end = ids.index(elm.processor.ecg_start_id), ids.index(elm.processor.ecg_end_id)
     expected = (tokenizer.encode(ecgs[0]) + elm.first_new_id).tolist()
     assert ids[start + 1 : end] == expected
     assert example["ecg"] is None
@@ -185,17 +186,17 @@ def test_token_elm_ids_are_ecg_byte_ids_in_the_llm_vocabulary() -> None:
     assert elm.tokenizer.convert_ids_to_tokens(ids[start + 1]) == ecg_byte_token(
         expected[0] - elm.first_new_id
     )
-    assert elm.tokenizer.convert_tokens_to_ids([ECG_START, ECG_END]) == [elm.ecg_start_id, elm.ecg_end_id]
+    assert elm.tokenizer.convert_tokens_to_ids([ECG_START, ECG_END]) == [elm.processor.ecg_start_id, elm.processor.ecg_end_id]
     assert elm.decode(ids[start : end + 1]) == ""
 
 
 def test_token_elm_truncation_shrinks_the_ecg_run_not_the_question() -> None:
     elm = make_elm("token")
     turns, ecgs = conversations()[0]
-    example = elm.prepare_example(turns, ecgs, max_length=200)
+    example = elm.processor.prepare_example(turns, ecgs, max_length=200)
     ids = example["input_ids"]
     assert len(ids) <= 200
-    assert ids.count(elm.ecg_start_id) == ids.count(elm.ecg_end_id) == 1
+    assert ids.count(elm.processor.ecg_start_id) == ids.count(elm.processor.ecg_end_id) == 1
     text = elm.tokenizer.decode(ids, skip_special_tokens=True)
     assert turns[0]["content"].split("\n")[1] in text and turns[1]["content"] in text
 
@@ -262,7 +263,7 @@ def test_bfloat16_llm_takes_float32_front_end_output() -> None:
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert elm.projector.layers[0].weight.grad is not None
-    ids = elm.generate_ids(elm.collate(_prompts(elm), "left"), max_new_tokens=2, min_new_tokens=2)
+    ids = elm.generate_ids(elm.processor.collate(_prompts(elm), "left"), max_new_tokens=2, min_new_tokens=2)
     assert [len(row) for row in ids] == [2, 2]
 
 
@@ -273,27 +274,27 @@ def test_bad_inputs_are_one_line_errors() -> None:
     elm = make_elm("encoder-signal")
     turns, ecgs = conversations()[1]
     with pytest.raises(UserError, match="2 <ecg> placeholders but 1 ECGs"):
-        elm.prepare_example(turns, ecgs[:1], max_length=512)
+        elm.processor.prepare_example(turns, ecgs[:1], max_length=512)
     broken = ecgs[0].copy()
     broken[3, 100] = np.nan
     with pytest.raises(UserError, match="NaN"):
-        elm.prepare_example(turns, [broken, ecgs[1]], max_length=512)
+        elm.processor.prepare_example(turns, [broken, ecgs[1]], max_length=512)
     with pytest.raises(UserError, match=f"this ELM reads {SIGNAL_LENGTH}"):
-        elm.prepare_example(turns, [ecgs[0][:, :400], ecgs[1]], max_length=512)
+        elm.processor.prepare_example(turns, [ecgs[0][:, :400], ecgs[1]], max_length=512)
     with pytest.raises(UserError, match=r"expected \(12, samples\)"):
-        elm.prepare_example(turns, [ecgs[0][:11], ecgs[1]], max_length=512)
+        elm.processor.prepare_example(turns, [ecgs[0][:11], ecgs[1]], max_length=512)
     # A malformed conversation item (as read from JSON) is a one-line error, not a KeyError.
     with pytest.raises(UserError, match="string 'content'"):
-        elm.prepare_example([{"role": "user"}, turns[1]], ecgs, max_length=512)
+        elm.processor.prepare_example([{"role": "user"}, turns[1]], ecgs, max_length=512)
     with pytest.raises(UserError, match="has role None"):
-        elm.prepare_prompt([{"content": "<ecg> <ecg> Same?"}], ecgs)
+        elm.processor.prepare_prompt([{"content": "<ecg> <ecg> Same?"}], ecgs)
 
 
 def test_token_elm_checks_the_segment_length_it_was_built_for() -> None:
     elm = make_elm("token")
     turns, ecgs = conversations()[0]
     with pytest.raises(UserError, match=f"this ELM reads {SIGNAL_LENGTH}"):
-        elm.prepare_example(turns, [np.concatenate([ecgs[0], ecgs[0]], axis=1)], max_length=512)
+        elm.processor.prepare_example(turns, [np.concatenate([ecgs[0], ecgs[0]], axis=1)], max_length=512)
 
 
 def test_batch_with_missing_ecgs_is_rejected() -> None:
@@ -308,15 +309,19 @@ def test_batch_with_missing_ecgs_is_rejected() -> None:
         elm(batch)
 
 
+#: what the segment store's manifest gives every ELM config
+STORE_SHAPE = {"signal_length": SIGNAL_LENGTH, "fs": 100.0}
+
+
 def test_config_rejects_inconsistent_architectures() -> None:
     with pytest.raises(ValidationError, match="representation must be 'tokens'"):
-        ELMConfig(architecture="token", representation="signal", llm="tiny-llama")
+        ELMConfig(architecture="token", representation="signal", llm="tiny-llama", **STORE_SHAPE)
     with pytest.raises(ValidationError, match="needs an encoder name"):
-        ELMConfig(architecture="encoder", representation="signal", llm="tiny-llama")
+        ELMConfig(architecture="encoder", representation="signal", llm="tiny-llama", **STORE_SHAPE)
     with pytest.raises(ValidationError, match="has no encoder"):
-        ELMConfig(architecture="encoder-free", representation="signal", llm="tiny-llama", encoder="st-mem")
+        ELMConfig(architecture="encoder-free", representation="signal", llm="tiny-llama", encoder="st-mem", **STORE_SHAPE)
     with pytest.raises(ValidationError):
-        ELMConfig(architecture="encoder-free", representation="signal", llm="tiny-llama", projector="mlp3")
+        ELMConfig(architecture="encoder-free", representation="signal", llm="tiny-llama", projector="mlp3", **STORE_SHAPE)
 
 
 def test_encoder_with_the_wrong_representation_is_a_user_error() -> None:
@@ -325,7 +330,7 @@ def test_encoder_with_the_wrong_representation_is_a_user_error() -> None:
 
 
 def test_token_elm_needs_a_tokenizer_file(tmp_path) -> None:
-    config = ELMConfig(architecture="token", representation="tokens", llm="tiny-llama")
+    config = ELMConfig(architecture="token", representation="tokens", llm="tiny-llama", **STORE_SHAPE)
     with pytest.raises(UserError, match="needs an ECG-Byte tokenizer"):
         build_elm(config)
     with pytest.raises(UserError, match="not found"):
@@ -368,14 +373,16 @@ def test_smollm2_elm_learns_and_answers() -> None:
         patch_size=50,
         signal_length=SIGNAL_LENGTH,
         fs=100.0,
-        lora={"rank": 8, "alpha": 16, "dropout": 0.0},
+        lora_rank=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
     )
     elm = build_elm(config)
     assert elm.family == "llama"
     turns, ecgs = conversations()[0]
-    batch = elm.collate([elm.prepare_example(turns, ecgs, max_length=256)])
+    batch = elm.processor.collate([elm.processor.prepare_example(turns, ecgs, max_length=256)])
     losses = train_steps(elm, batch, steps=6, lr=2e-3)
     assert losses[-1] < losses[0]
-    prompt = elm.collate([elm.prepare_prompt(turns[:1], ecgs)], "left")
+    prompt = elm.processor.collate([elm.processor.prepare_prompt(turns[:1], ecgs)], "left")
     (answer,) = elm.generate(prompt, max_new_tokens=8)
     assert answer.strip()  # real text, not an empty string

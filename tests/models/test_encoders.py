@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from ecgbench.errors import CorruptFileError, UserError
-from ecgbench.models.encoders import ENCODER_NAMES, build_encoder, load_encoder
+from ecgbench.models.encoders import ENCODER_NAMES, ECGEncoder, build_encoder, load_encoder
 from ecgbench.models.encoders.base import CONFIG_FILE, WEIGHTS_FILE
+from ecgbench.models.encoders.vision import FAMILIES
 from ecgbench.models.inputs import to_representation
-from ecgbench.models.vision import FAMILIES
 
 MASKED = ("st-mem", "mlae", "mtae")
 ECG = (*MASKED, "merl")
@@ -252,3 +252,23 @@ def test_bad_names_options_and_inputs(real_segments: np.ndarray) -> None:
     # The paper's tokenisation (75-sample patches) works where the length allows it.
     paper_patches = build("st-mem", patch_size=75).features(torch.zeros(1, 12, 2250))
     assert paper_patches.shape == (1, 12 * (30 + 2), 32)
+
+
+@pytest.mark.parametrize("name", ENCODER_NAMES)
+def test_every_encoder_keeps_the_contract(name: str, real_segments: np.ndarray) -> None:
+    """What ELMs and the encoder trainer call works the same on ECG encoders and vision towers."""
+    encoder = build(name)
+    assert isinstance(encoder, ECGEncoder)
+    x = encoder_input(name, real_segments[:2])
+    assert encoder.features(x).shape[::2] == (2, encoder.out_dim)
+    encoder.set_trainable(False)
+    assert not any(p.requires_grad for p in encoder.parameters())
+    encoder.set_trainable(True)
+    assert any(p.requires_grad for p in encoder.parameters())
+    if encoder.objective is None:
+        with pytest.raises(UserError, match="no pretraining objective"):
+            encoder.pretrain_loss(x)
+    else:
+        texts = ["sinus rhythm", "atrial fibrillation"] if name == "merl" else None
+        loss = encoder.pretrain_loss(x, texts=texts, generator=torch.Generator().manual_seed(0))
+        assert loss.ndim == 0 and torch.isfinite(loss)

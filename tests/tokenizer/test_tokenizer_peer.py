@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecgbench.errors import CorruptFileError
+from ecgbench.errors import CorruptFileError, UserError
 from ecgbench.tokenizer import ECGByteTokenizer
 from ecgbench.tokenizer.peer_pickle import import_peer_tokenizer, load_plain_pickle, loads_plain_pickle
 
@@ -79,5 +79,5 @@ def test_truncated_and_malformed_pickles(tmp_path):
     (tmp_path / "int.pkl").write_bytes(plain)
     with pytest.raises(CorruptFileError, match=r"\(vocab, merges\)"):
         import_peer_tokenizer(tmp_path / "int.pkl")
-    with pytest.raises(CorruptFileError, match="not found"):
+    with pytest.raises(UserError, match="not found"):  # missing is not corrupt
         import_peer_tokenizer(tmp_path / "missing.pkl")

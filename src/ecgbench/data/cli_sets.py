@@ -1,44 +1,52 @@
-"""``ecgbench data map | split | sample | stats | plot``: conversation sets, splits, samples, figures."""
+"""``ecgbench data map | split | sample | stats | plot``: conversation sets, splits, samples, figures.
+
+The library modules are imported inside each command, so ``ecgbench data --help`` loads none of them."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
-import pyarrow as pa
 import typer
-from rich.table import Table
 
-from ecgbench.console import console, stdout
-from ecgbench.data import plotting, sampling, splits, stats
-from ecgbench.data.cli import data_app
-from ecgbench.data.conversations import (
-    mix_conversation_sets,
-    read_conversation_set,
-    with_info,
-    write_conversation_set,
+from ecgbench.commands import (
+    SetsOption,
+    SplitOption,
+    SplitsOption,
+    StoresOption,
+    help_names,
+    settings_options,
+    state,
 )
-from ecgbench.data.mapping import SOURCE_SETS, map_source_set
-from ecgbench.data.mapping.common import MappingReport, RecordLookup
-from ecgbench.data.store import SegmentStore
+from ecgbench.console import console, stdout
 from ecgbench.errors import UserError
-from ecgbench.settings import Settings
+from ecgbench.settings import SetsSettings, TokenizerSettings
 
-StoreOption = Annotated[
-    list[Path], typer.Option("--store", help="segment store directory (repeat for several stores)")
-]
-SetsOption = Annotated[
-    list[Path] | None, typer.Option("--sets", help="conversation set Parquet file (repeat for several)")
-]
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from rich.table import Table
+
+    from ecgbench.data.mapping.common import MappingReport
+    from ecgbench.data.store import SegmentStore
+
+app = typer.Typer()  # merged into `ecgbench data` (ecgbench.data.cli)
 
 
-def _settings(ctx: typer.Context, **overrides: Any) -> Settings:
-    from ecgbench.cli import state  # the root app imports this module
+def _set_names() -> str:
+    from ecgbench.data.mapping import SOURCE_SETS, STORE_SETS
 
-    return state(ctx).settings(**overrides)
+    return ", ".join([*SOURCE_SETS, *STORE_SETS])
+
+
+def _store_set_names() -> str:
+    from ecgbench.data.mapping import STORE_SETS
+
+    return ", ".join(STORE_SETS)
 
 
 def _open_stores(paths: list[Path]) -> list[SegmentStore]:
+    from ecgbench.data.store import SegmentStore
+
     if not paths:
         raise UserError("give at least one --store")
     return [SegmentStore.open(p) for p in paths]
@@ -49,6 +57,8 @@ def _reasons(counts: dict[str, int]) -> str:
 
 
 def _mapping_table(reports: list[MappingReport]) -> Table:
+    from rich.table import Table
+
     table = Table(title="data map")
     for column in ("set", "items", "mapped", "repaired", "skipped", "reasons"):
         table.add_column(
@@ -67,38 +77,69 @@ def _mapping_table(reports: list[MappingReport]) -> Table:
     return table
 
 
-@data_app.command("map")
+@app.command("map", cls=help_names(sets=_set_names, store_sets=_store_set_names))
+@settings_options("sets.questions_per_record", "seed")
 def map_command(
-    ctx: typer.Context,
     set_names: Annotated[
-        list[str], typer.Argument(metavar="SET...", help=f"one or more of: {', '.join(SOURCE_SETS)}")
+        list[str],
+        typer.Argument(metavar="SET...", help="one or more of: {sets}"),
     ],
-    source: Annotated[
-        list[Path], typer.Option("--source", help="the set's file or folder, one per SET in the same order")
-    ],
-    store: StoreOption,
+    store: StoresOption,
     out: Annotated[Path, typer.Option("--out", help="folder for the conversation sets (<set>.parquet)")],
+    source: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--source",
+            help="the set's file or folder, one per SET in the same order ({store_sets}: none)",
+        ),
+    ] = None,
     mix: Annotated[
         str | None,
         typer.Option("--mix", help="write all SETs mixed into one set <out>/<MIX>.parquet instead"),
     ] = None,
+    *,
+    sets: SetsSettings,
+    seed: int,
 ) -> None:
-    """Map question / instruction sets onto a segment store as normalised conversation sets."""
-    _settings(ctx)  # a bad --config or environment value is reported before any work
-    unknown = [name for name in set_names if name not in SOURCE_SETS]
+    """Map question / instruction sets onto a segment store as normalised conversation sets.
+
+    The set `labels` is built from the store itself: questions on each record's own labels and report
+    (--questions-per-record and --seed apply to it)."""
+    from ecgbench.data.conversations import mix_conversation_sets, write_conversation_set
+    from ecgbench.data.mapping import SOURCE_SETS, STORE_SETS, map_source_set
+    from ecgbench.data.mapping.common import RecordLookup
+    from ecgbench.files import check_output
+
+    known = [*SOURCE_SETS, *STORE_SETS]
+    unknown = [name for name in set_names if name not in known]
     if unknown:
-        raise UserError(f"unknown set {', '.join(map(repr, unknown))} (known: {', '.join(SOURCE_SETS)})")
-    if len(source) != len(set_names):
-        raise UserError(f"give one --source per set: {len(set_names)} sets, {len(source)} sources")
+        raise UserError(f"unknown set {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+    sourced = [name for name in set_names if name in SOURCE_SETS]
+    source = source or []
+    if len(source) != len(sourced):
+        from_store = f" ({', '.join(STORE_SETS)} takes none)" if len(sourced) < len(set_names) else ""
+        raise UserError(f"give one --source per set{from_store}: {len(sourced)} sets, {len(source)} sources")
     if mix is not None and (not mix or "/" in mix):
         raise UserError(f"invalid value for --mix: {mix!r} (a set name, without folders)")
     stores = _open_stores(store)
+    for name in [mix] if mix is not None else set_names:
+        check_output(out / f"{name}.parquet", "--out", [*store, *source])
     lookup = RecordLookup.from_stores(s.index for s in stores)
     store_paths = [str(Path(p).resolve()) for p in store]
     tables, reports = [], []
-    for name, path in zip(set_names, source, strict=True):
-        console.print(f"mapping [bold]{name}[/bold] from {path}")
-        table, report = map_source_set(name, path, lookup)
+    sources = iter(source)
+    for name in set_names:
+        if name in STORE_SETS:
+            from ecgbench.data.mapping.labels import map_store_labels
+
+            console.print(f"mapping [bold]{name}[/bold] from the store")
+            table, report = map_store_labels(
+                [s.index for s in stores], questions_per_record=sets.questions_per_record, seed=seed
+            )
+        else:
+            path = next(sources)
+            console.print(f"mapping [bold]{name}[/bold] from {path}")
+            table, report = map_source_set(name, path, lookup)
         if report.items and not report.mapped:
             console.print(f"[yellow]warning:[/yellow] no item of {name} was mapped (see the reasons below)")
         tables.append(table)
@@ -117,43 +158,38 @@ def map_command(
 
 
 def _with_stores(table: pa.Table, store_paths: list[str]) -> pa.Table:
+    from ecgbench.data.conversations import with_info
+
     return with_info(table, stores=store_paths)
 
 
-@data_app.command("split")
+@app.command("split")
+@settings_options("sets.folds", "sets.split_method", "sets.test_fold", "sets.val_fold", "seed")
 def split_command(
-    ctx: typer.Context,
-    store: StoreOption,
+    store: StoresOption,
     out: Annotated[
         Path, typer.Option("--out", help="folder for splits.parquet and the split conversation sets")
     ],
     sets: SetsOption = None,
-    folds: Annotated[int | None, typer.Option("--folds", help="number of folds [default: 10]")] = None,
-    split_method: Annotated[
-        str | None,
-        typer.Option("--split-method", help="patient | strat_fold (PTB-XL's folds) [default: patient]"),
-    ] = None,
-    test_fold: Annotated[
-        int | None, typer.Option("--test-fold", help="fold for testing [default: -1]")
-    ] = None,
-    val_fold: Annotated[
-        int | None, typer.Option("--val-fold", help="fold for validation [default: -2]")
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="random seed [default: 0]")] = None,
+    *,
+    cfg: SetsSettings,
+    seed: int,
 ) -> None:
     """Patient-grouped k-fold splits of the store's records; conversation sets follow their ECGs."""
-    settings = _settings(
-        ctx,
-        seed=seed,
-        sets={"folds": folds, "split_method": split_method, "test_fold": test_fold, "val_fold": val_fold},
-    )
-    cfg = settings.sets
+    from rich.table import Table
+
+    from ecgbench.data import splits
+    from ecgbench.data.conversations import read_conversation_set, write_conversation_set
+    from ecgbench.files import check_output
+
     set_tables = [(path, read_conversation_set(path)) for path in sets or []]
     records = splits.record_table([s.index for s in _open_stores(store)])
+    for written in [out / "splits.parquet", *(out / path.name for path in sets or [])]:
+        check_output(written, "--out", [*store, *(sets or [])])
     record_splits = splits.assign_folds(
         records,
         n_folds=cfg.folds,
-        seed=settings.seed,
+        seed=seed,
         method=cfg.split_method,
         test_fold=cfg.test_fold,
         val_fold=cfg.val_fold,
@@ -162,7 +198,7 @@ def split_command(
     splits.write_record_splits(out / "splits.parquet", record_splits)
     summary = splits.split_summary(record_splits)
     lookup = splits.record_split_lookup(record_splits)
-    table = Table(title=f"data split ({cfg.split_method}, {cfg.folds} folds, seed {settings.seed})")
+    table = Table(title=f"data split ({cfg.split_method}, {cfg.folds} folds, seed {seed})")
     table.add_column("")
     for name in ("train", "val", "test", "unsplit"):
         table.add_column(name, justify="right")
@@ -183,54 +219,40 @@ def split_command(
     stdout.print(f"wrote {out / 'splits.parquet'}")
 
 
-@data_app.command("sample")
+@app.command("sample")
+@settings_options("sets.sample_size", "sets.sample_method", "sets.clusters", "sets.sample_pool", "seed")
 def sample_command(
-    ctx: typer.Context,
     store: Annotated[Path, typer.Option("--store", help="segment store directory")],
     out: Annotated[Path, typer.Option("--out", help="Parquet file of the selected segment ids")],
-    sample_size: Annotated[
-        int | None, typer.Option("--sample-size", help="segments [default: 10000]")
-    ] = None,
-    sample_method: Annotated[
-        str | None, typer.Option("--sample-method", help="random | stratified [default: stratified]")
-    ] = None,
-    clusters: Annotated[
-        int | None, typer.Option("--clusters", help="k of MiniBatchKMeans [default: 64]")
-    ] = None,
-    sample_pool: Annotated[
-        int | None, typer.Option("--sample-pool", help="candidates clustered (stratified) [default: 100000]")
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="random seed [default: 0]")] = None,
     npy: Annotated[
         Path | None, typer.Option("--npy", help="also write the selected segments as one float32 .npy")
     ] = None,
-    splits_path: Annotated[
-        Path | None, typer.Option("--splits", help="splits.parquet from `data split`: sample one split")
-    ] = None,
-    split: Annotated[str | None, typer.Option("--split", help="train | val | test (with --splits)")] = None,
+    splits_path: SplitsOption = None,
+    split: SplitOption = None,
+    *,
+    cfg: SetsSettings,
+    tokenizer: TokenizerSettings,
+    seed: int,
 ) -> None:
     """Select segments for tokenizer training and estimate their value percentiles."""
-    settings = _settings(
-        ctx,
-        seed=seed,
-        sets={
-            "sample_size": sample_size,
-            "sample_method": sample_method,
-            "clusters": clusters,
-            "sample_pool": sample_pool,
-        },
-    )
-    cfg = settings.sets
+    from rich.table import Table
+
+    from ecgbench.data import sampling, splits
+    from ecgbench.data.store import SegmentStore
+    from ecgbench.files import check_output
+
     segment_store = SegmentStore.open(store)
+    check_output(out, "--out", [store, splits_path])
+    check_output(npy, "--npy", [store, splits_path, out])
     population = splits.split_segment_ids(segment_store.index, splits_path, split)
     qs = sorted(
-        {*sampling.DEFAULT_PERCENTILES, settings.tokenizer.percentile_low, settings.tokenizer.percentile_high}
+        {*sampling.DEFAULT_PERCENTILES, tokenizer.percentile_low, tokenizer.percentile_high}
     )
     sample = sampling.select_segments(
         segment_store,
         cfg.sample_size,
         method=cfg.sample_method,
-        seed=settings.seed,
+        seed=seed,
         clusters=cfg.clusters,
         pool=cfg.sample_pool,
         percentiles=qs,
@@ -253,7 +275,7 @@ def sample_command(
             stdout.print(f"wrote {path}")
 
 
-@data_app.command("stats")
+@app.command("stats")
 def stats_command(
     ctx: typer.Context,
     store: Annotated[list[Path] | None, typer.Option("--store", help="segment store directory")] = None,
@@ -261,9 +283,14 @@ def stats_command(
     out: Annotated[Path | None, typer.Option("--out", help="folder for stats.json and PNG plots")] = None,
 ) -> None:
     """Counts, durations, labels, quality flags and rejections of a store; contents of conversation sets."""
-    _settings(ctx)
+    from ecgbench.data import stats
+    from ecgbench.data.conversations import read_conversation_set
+    from ecgbench.files import check_output
+
+    state(ctx).settings()  # a bad --config or environment value is reported before any work
     if not store and not sets:
         raise UserError("give a --store and/or --sets to describe")
+    check_output(out / "stats.json" if out else None, "--out", [*(store or []), *(sets or [])])
     result: dict = {}
     if store:
         opened = _open_stores(store)
@@ -278,6 +305,8 @@ def stats_command(
 
 
 def _store_table(s: dict) -> Table:
+    from rich.table import Table
+
     table = Table(
         title=f"segment store: {s['segments']} segments, {s['records']} records, {s['hours']:.2f} h"
     )
@@ -297,6 +326,8 @@ def _store_table(s: dict) -> Table:
 
 
 def _sets_table(all_sets: dict) -> Table:
+    from rich.table import Table
+
     table = Table(title="conversation sets")
     for column in ("set", "conversations", "ECGs", "question types", "splits"):
         table.add_column(column)
@@ -311,9 +342,9 @@ def _sets_table(all_sets: dict) -> Table:
     return table
 
 
-@data_app.command("plot")
+@app.command("plot")
+@settings_options("sets.renderer")
 def plot_command(
-    ctx: typer.Context,
     store: Annotated[Path, typer.Option("--store", help="segment store directory")],
     out: Annotated[Path, typer.Option("--out", help="image file: .png, .svg or .pdf")],
     segment: Annotated[int | None, typer.Option("--segment", help="segment id")] = None,
@@ -322,13 +353,16 @@ def plot_command(
     ] = None,
     corpus: Annotated[str | None, typer.Option("--corpus", help="corpus of --record if ids repeat")] = None,
     part: Annotated[int, typer.Option("--part", help="segment number within --record")] = 0,
-    renderer: Annotated[
-        str | None, typer.Option("--renderer", help="ecgbench | ecg-plot [default: ecgbench]")
-    ] = None,
+    *,
+    cfg: SetsSettings,
 ) -> None:
     """Draw one segment as a standard 12-lead paper-style ECG (3x4 + lead II, 25 mm/s, 10 mm/mV)."""
-    cfg = _settings(ctx, sets={"renderer": renderer}).sets
-    segment_store = SegmentStore.open(store)
+    from ecgbench.data import plotting
+    from ecgbench.data.store import SegmentStore
+    from ecgbench.files import check_output
+
+    segment_store = SegmentStore.open(store, verify=True)  # checks the one shard it reads
+    check_output(out, "--out", [store])
     segment_id = _segment_id(segment_store, segment, record, corpus, part)
     signal = segment_store.read(segment_id)
     row = segment_store.index.slice(segment_id, 1).to_pylist()[0]

@@ -11,6 +11,7 @@ from typing import Any
 
 from ecgbench.data.store import SegmentStore
 from ecgbench.errors import UserError
+from ecgbench.files import check_output, write_error
 
 ROWS_PER_READ = 256
 
@@ -46,9 +47,11 @@ def export_store(
     """Build the dataset, save it to ``out`` (if given) and push it to ``push_to_hub`` (if given)."""
     if out is None and push_to_hub is None:
         raise UserError("give --out DIR, --push-to-hub REPO_ID, or both")
-    if out is not None and Path(out).exists() and any(Path(out).iterdir()):
+    if out is not None and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         raise UserError(f"--out {out} is not empty; choose a new folder")
     store = SegmentStore.open(store_path)
+    check_output(out, "--out", [store_path])
+    store.verify()  # the whole store is exported: every shard against its checksum, first
     datasets = _datasets()
     # Build in a private cache folder (not ~/.cache) that is removed once the dataset is written out.
     with tempfile.TemporaryDirectory(prefix="ecgbench-export-") as cache:
@@ -64,7 +67,10 @@ def export_store(
             dataset.push_to_hub(push_to_hub, private=private)
         if out is None:
             return None
-        dataset.save_to_disk(str(out))
+        try:
+            dataset.save_to_disk(str(out))
+        except OSError as exc:
+            raise write_error(Path(out), exc) from None
     return datasets.load_from_disk(str(out))
 
 

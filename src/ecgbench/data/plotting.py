@@ -17,6 +17,7 @@ import numpy as np
 
 from ecgbench.data.readers.base import CANONICAL_LEADS
 from ecgbench.errors import UserError
+from ecgbench.files import refuse_inside_store, write_error
 
 COLUMNS = (("I", "II", "III"), ("aVR", "aVL", "aVF"), ("V1", "V2", "V3"), ("V4", "V5", "V6"))
 SPEED_MM_S = 25.0
@@ -26,6 +27,21 @@ MARGIN_MM = 10.0
 CALIBRATION_MM = 8.0
 MM_PER_INCH = 25.4
 Renderer = Literal["ecgbench", "ecg-plot"]
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    """``fig`` written to ``path`` (never inside a segment store; a failed write is one line naming it)."""
+    plt = _matplotlib()
+    path = Path(path)
+    refuse_inside_store(path, "--out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=dpi)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    finally:
+        plt.close(fig)
+    return path
 
 
 def _matplotlib():
@@ -105,11 +121,7 @@ def render_twelve_lead(signal: np.ndarray, fs: float, path: Path, *, title: str 
                 ax.plot([left + t_mm[start]] * 2, [baseline - 3, baseline + 3], color="black", lw=0.6)
     caption = f"{SPEED_MM_S:g} mm/s   {GAIN_MM_MV:g} mm/mV   {fs:g} Hz   {duration:g} s"
     ax.text(MARGIN_MM, MARGIN_MM / 3, f"{title}   {caption}" if title else caption, fontsize=7)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi)
 
 
 def render_with_ecg_plot(
@@ -133,15 +145,16 @@ def render_with_ecg_plot(
         title=title or None,
     )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".svg":
-        chart.save(path)
+        refuse_inside_store(path, "--out")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            chart.save(path)
+        except OSError as exc:
+            raise write_error(path, exc) from None
         return path
-    plt = _matplotlib()
     fig, _ = chart.to_matplotlib()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi)
 
 
 def plot_segment(
@@ -175,9 +188,7 @@ def bar_chart(
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, 120)
 
 
 def histogram(values: Sequence[float], path: Path, *, title: str, xlabel: str, bins: int = 30) -> Path:
@@ -191,6 +202,4 @@ def histogram(values: Sequence[float], path: Path, *, title: str, xlabel: str, b
     ax.set_ylabel("count")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, 120)

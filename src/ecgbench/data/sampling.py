@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from ecgbench.console import progress
 from ecgbench.errors import CorruptFileError, UserError
-from ecgbench.files import read_parquet, write_parquet
+from ecgbench.files import read_parquet, refuse_inside_store, write_error, write_parquet
 
 SampleMethod = Literal["random", "stratified"]
 DEFAULT_PERCENTILES = (0.1, 0.5, 1.0, 2.5, 5.0, 25.0, 50.0, 75.0, 95.0, 97.5, 99.0, 99.5, 99.9)
@@ -245,23 +245,35 @@ def write_sample(path: Path, sample: SegmentSample) -> Path:
 
 def export_segments(store: SegmentSource, ids: np.ndarray, path: Path) -> Path:
     """The selected segments as one plain float32 .npy (n, 12, L), written chunk by chunk through a memory
-    map (never the whole array in memory), e.g. for ``ecgbench tokenizer train --npy``."""
+    map (never the whole array in memory), e.g. for ``ecgbench tokenizer train --npy``.
+
+    The file's blocks are reserved before anything is written: a memory map on a full disk would kill
+    the process (SIGBUS) instead of raising, so a full disk is reported here, naming the file."""
     path = Path(path)
     if path.suffix != ".npy":
         raise UserError(f"--npy must name a .npy file: {path}")
+    refuse_inside_store(path, "--npy")
     path.parent.mkdir(parents=True, exist_ok=True)
     first = store.read_many(ids[:1])
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ids), *first.shape[1:]))
-    with progress() as bar:
-        task = bar.add_task("export", total=len(ids))
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start : start + CHUNK]
-            out[start : start + len(chunk)] = store.read_many(chunk)
-            bar.advance(task, len(chunk))
-    out.flush()
-    del out
-    os.replace(tmp, path)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(ids), *first.shape[1:]))
+        if hasattr(os, "posix_fallocate"):
+            with tmp.open("r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, tmp.stat().st_size)
+        with progress() as bar:
+            task = bar.add_task("export", total=len(ids))
+            for start in range(0, len(ids), CHUNK):
+                chunk = ids[start : start + CHUNK]
+                out[start : start + len(chunk)] = store.read_many(chunk)
+                bar.advance(task, len(chunk))
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise write_error(path, exc) from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -270,7 +282,16 @@ def read_sample(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     path = Path(path)
     table = read_parquet(path, "sample file")
     raw = (table.schema.metadata or {}).get(b"ecgbench")
-    info = json.loads(raw) if raw else {}
-    if info.get("format") != SAMPLE_FORMAT or "segment_id" not in table.schema.names:
+    try:
+        info = json.loads(raw) if raw else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        info = {}
+    if (
+        not isinstance(info, dict)
+        or info.get("format") != SAMPLE_FORMAT
+        or "segment_id" not in table.schema.names
+        or not pa.types.is_integer(table.schema.field("segment_id").type)
+        or table.column("segment_id").null_count
+    ):
         raise CorruptFileError(f"{path} is not a segment sample written by `ecgbench data sample`")
     return table.column("segment_id").to_numpy(), info

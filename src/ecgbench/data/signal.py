@@ -23,35 +23,35 @@ from ecgbench.data.readers.base import (
     to_canonical_leads,
     to_millivolts,
 )
+from ecgbench.settings import DataSettings
+
+# The [data] settings that decide the samples of a store: recorded in its manifest, and compared when
+# a run resumes (the other data settings, such as workers, change how a store is written, not what is in it).
+SIGNAL_FIELDS = (
+    "target_fs",
+    "seg_len",
+    "stride",
+    "remainder",  # "pad": zeros; ``n_samples`` keeps the real length
+    "bandpass_low",
+    "bandpass_high",
+    "filter_order",
+    "notch",
+    "notch_q",
+    "baseline",
+    "nan_max_gap",
+    "missing_leads",
+    "flat_threshold",
+    "saturation_ms",
+)
 
 
-@dataclass(frozen=True)
-class SignalParams:
-    """Everything that decides the samples in a store (recorded in its manifest)."""
+def signal_parameters(data: DataSettings) -> dict[str, Any]:
+    return {name: getattr(data, name) for name in SIGNAL_FIELDS}
 
-    target_fs: int = 250
-    seg_len: int = 1250
-    stride: int | None = None
-    remainder: str = "drop"  # or "pad" (zeros; ``n_samples`` keeps the real length)
-    bandpass_low: float = 0.5
-    bandpass_high: float = 100.0
-    filter_order: int = 4
-    notch: str | float = "auto"
-    notch_q: float = 30.0
-    baseline: str = "off"
-    nan_max_gap: float = 0.1
-    missing_leads: str = "reject"
-    flat_threshold: float = 0.02
-    saturation_ms: float = 40.0
 
-    @property
-    def step(self) -> int:
-        return self.stride or self.seg_len
-
-    @classmethod
-    def from_settings(cls, data: Any) -> SignalParams:
-        names = cls.__dataclass_fields__
-        return cls(**{name: getattr(data, name) for name in names})
+def segment_step(data: DataSettings) -> int:
+    """Samples between segment starts."""
+    return data.stride or data.seg_len
 
 
 @dataclass
@@ -216,7 +216,7 @@ def flat_leads(segment: np.ndarray, threshold_mv: float, n_real: int) -> list[st
 # ------------------------------------------------------------------------------------------ pipeline
 
 
-def process_record(raw: RawRecord, params: SignalParams, mains_hz: float | None) -> ProcessedRecord:
+def process_record(raw: RawRecord, params: DataSettings, mains_hz: float | None) -> ProcessedRecord:
     """Raw record -> segments in the canonical lead order, mV, at ``params.target_fs``."""
     digest = hashlib.sha256(np.ascontiguousarray(raw.signal, dtype=np.float64).tobytes()).hexdigest()
     x = to_millivolts(raw.signal, raw.units)
@@ -234,7 +234,7 @@ def process_record(raw: RawRecord, params: SignalParams, mains_hz: float | None)
         fs, params.bandpass_low, params.bandpass_high, params.filter_order, notch_hz, params.notch_q
     )
     x = apply_filters(x, sections)
-    bounds = segment_bounds(x.shape[1], params.seg_len, params.step, params.remainder)
+    bounds = segment_bounds(x.shape[1], params.seg_len, segment_step(params), params.remainder)
     if not bounds:
         raise RecordRejected(
             "too_short", f"{x.shape[1] / fs:.2f} s is shorter than one segment ({params.seg_len / fs:.2f} s)"

@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ecgbench.data.conversations import SCHEMA
-from ecgbench.errors import UserError
+from ecgbench.data.readers.base import own_patient_id
+from ecgbench.errors import CorruptFileError, UserError
 from ecgbench.files import read_parquet, write_parquet
 
 SplitMethod = Literal["patient", "strat_fold"]
@@ -65,19 +66,33 @@ def record_table(indexes: Sequence[pa.Table]) -> pa.Table:
     heads = record_heads(pa.concat_tables([index.select(columns) for index in indexes]))
     rows: dict[tuple[str, str], dict] = {}
     for c, r, p, lab, m in zip(*(heads.column(name).to_pylist() for name in columns), strict=True):
-        strat_fold = None
-        if c == "ptbxl" and m:
-            value = json.loads(m).get("strat_fold")
-            strat_fold = int(value) if value is not None else None
+        strat_fold = _strat_fold(m, r) if c == "ptbxl" else None
         rows[(c, r)] = {
             "corpus": c,
             "record_id": r,
-            # A record without a patient id is its own patient.
-            "patient_id": p or r,
+            # A record without a patient id is its own patient, under an id no real patient has.
+            "patient_id": p if p else own_patient_id(r),
             "label": lab[0] if lab else NO_LABEL,
             "strat_fold": strat_fold,
         }
     return pa.Table.from_pylist(list(rows.values()), schema=RECORD_SCHEMA)
+
+
+def _strat_fold(meta: str | None, record_id: str) -> int | None:
+    """PTB-XL's fold of a record from its index ``meta`` (None if it has none); anything but a whole
+    number 1-10 is a one-line error naming the record (stores prepared before the reader checked it)."""
+    try:
+        value = json.loads(meta).get("strat_fold") if meta else None
+    except (json.JSONDecodeError, AttributeError):
+        raise CorruptFileError(f"PTB-XL record {record_id}: its index meta is not a JSON object") from None
+    if value is None:
+        return None
+    if type(value) is not int or not 1 <= value <= PTBXL_FOLDS:
+        raise UserError(
+            f"PTB-XL record {record_id} has strat_fold {value!r}, not a fold number 1-{PTBXL_FOLDS}; "
+            "prepare the store again (the reader now rejects such records)"
+        )
+    return value
 
 
 def _dealt_folds(groups: np.ndarray, n_folds: int, rng: np.random.Generator) -> np.ndarray:
@@ -174,13 +189,18 @@ def write_record_splits(path: Path, record_splits: pa.Table) -> Path:
 
 def read_record_splits(path: Path) -> pa.Table:
     """A ``splits.parquet`` written by ``data split``, checked against its schema."""
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"splits file not found: {path} (write it with `ecgbench data split`)")
     table = read_parquet(path, "splits file")
     missing = [f.name for f in RECORD_SPLIT_SCHEMA if f.name not in table.column_names]
     if missing:
         raise UserError(f"{path} is not a splits file from `data split` (missing columns {missing})")
-    return table.select(RECORD_SPLIT_SCHEMA.names).cast(RECORD_SPLIT_SCHEMA)
+    try:
+        return table.select(RECORD_SPLIT_SCHEMA.names).cast(RECORD_SPLIT_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise CorruptFileError(
+            f"{path} is not a splits file from `data split` (wrong column types: {exc})"
+        ) from None
 
 
 def segments_in_split(index: pa.Table, record_splits: pa.Table, split: str) -> np.ndarray:

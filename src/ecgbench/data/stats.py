@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from ecgbench.data import plotting
 from ecgbench.data.splits import record_heads
+from ecgbench.files import atomic_write, refuse_inside_store
 
 
 def rejected_counts(manifest: dict[str, Any]) -> dict[str, int]:
@@ -107,9 +108,11 @@ def set_stats(table: pa.Table) -> dict[str, Any]:
 def write_stats(stats: dict[str, Any], out_dir: Path) -> list[Path]:
     """``stats.json`` and the PNG plots of each distribution; returns the files written."""
     out_dir = Path(out_dir)
+    refuse_inside_store(out_dir / "stats.json", "--out")  # the PNGs are not written through atomic_write
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "stats.json"]
-    written[0].write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
+    text = json.dumps(stats, indent=2, sort_keys=True)
+    atomic_write(written[0], lambda tmp: tmp.write_text(text, encoding="utf-8"))
     store = stats.get("store")
     if store:
         segments = {c: v["segments"] for c, v in store["corpora"].items()}

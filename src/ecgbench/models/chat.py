@@ -103,14 +103,19 @@ def _messages(turns: list[dict[str, str]], system: str | None, family: str) -> l
     return [{"role": "system", "content": system}, *turns]
 
 
-def _render(tokenizer: Any, template: str, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+def _render(
+    tokenizer: Any, template: str, conversations: list[list[dict[str, str]]], generation_prompt: bool
+) -> list[str]:
+    """Render several message lists in one call (the per-call overhead of transformers dominates)."""
+    if not conversations:
+        return []
     try:
-        text = tokenizer.apply_chat_template(
-            messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+        texts = tokenizer.apply_chat_template(
+            conversations, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
         )
     except Exception as exc:  # jinja errors, raise_exception() in a template
         raise ConversationError(f"the chat template could not render this conversation: {exc}") from None
-    return text
+    return list(texts)
 
 
 @dataclass
@@ -126,13 +131,23 @@ def _layout(
     tokenizer: Any, family: str, turns: list[dict[str, str]], system: str | None, generation_prompt: bool
 ) -> _Layout:
     template = chat_template(tokenizer, family)
-    text = _render(tokenizer, template, _messages(turns, system, family), generation_prompt)
-    spans = []
-    for k, turn in enumerate(turns):
-        if turn["role"] != "assistant":
-            continue
-        before = _render(tokenizer, template, _messages(turns[:k], system, family), True)
-        through = _render(tokenizer, template, _messages(turns[: k + 1], system, family), False)
+    answers = [k for k, turn in enumerate(turns) if turn["role"] == "assistant"]
+    # Two batched renders: with the generation prompt (where each answer starts) and without (where its
+    # turn ends). A conversation ending with an answer is its last "through" text.
+    ends_with_answer = bool(answers) and answers[-1] == len(turns) - 1 and not generation_prompt
+    prompted = [_messages(turns[:k], system, family) for k in answers]
+    plain = [_messages(turns[: k + 1], system, family) for k in answers]
+    if generation_prompt:
+        prompted.append(_messages(turns, system, family))
+    elif not ends_with_answer:
+        plain.append(_messages(turns, system, family))
+    befores = _render(tokenizer, template, prompted, True)
+    throughs = _render(tokenizer, template, plain, False)
+    text = befores.pop() if generation_prompt else throughs[-1]
+    if not generation_prompt and not ends_with_answer:
+        throughs.pop()
+    spans: list[tuple[int, int]] = []
+    for before, through in zip(befores, throughs, strict=True):
         if not (through.startswith(before) and text.startswith(through)) or (
             spans and spans[-1][1] > len(before)
         ):
@@ -167,7 +182,11 @@ class _Piece:
     ecg: int | None = None  # index of the ECG run that goes here
 
 
-def _special_ids(tokenizer: Any) -> frozenset[int]:
+def special_token_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of the tokenizer's special and added tokens.
+
+    Slow on a tokenizer holding thousands of added ECG tokens (transformers builds an object per added
+    token), so whoever tokenizes many conversations reads it once and passes it as ``special_ids``."""
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     return frozenset(tokenizer.all_special_ids) | frozenset(int(i) for i in added)
 
@@ -181,13 +200,15 @@ def _pieces(tokenizer: Any, layout: _Layout) -> list[_Piece]:
         cuts.update((p, p + len(ECG_PLACEHOLDER)))
     bounds = sorted(cuts)
     starts = {p: i for i, p in enumerate(layout.placeholders)}
+    texts = [layout.text[a:b] for a, b in itertools.pairwise(bounds) if a not in starts]
+    # one tokenizer call for every text piece: each piece is still tokenized on its own
+    encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
     pieces = []
-    for a, b in itertools.pairwise(bounds):
+    for a, _ in itertools.pairwise(bounds):
         if a in starts:
             pieces.append(_Piece([], ecg=starts[a]))
-            continue
-        ids = tokenizer(layout.text[a:b], add_special_tokens=False)["input_ids"]
-        pieces.append(_Piece(list(ids), in_span=any(s <= a < e for s, e in layout.spans)))
+        else:
+            pieces.append(_Piece(list(next(encoded)), in_span=any(s <= a < e for s, e in layout.spans)))
     return pieces
 
 
@@ -201,16 +222,19 @@ def _span_labels(tokenizer: Any, ids: list[int], special: frozenset[int]) -> lis
 
 
 def _assemble(
-    tokenizer: Any, pieces: list[_Piece], ecg_runs: list[list[int]], cap: int | None
+    tokenizer: Any,
+    pieces: list[_Piece],
+    ecg_runs: list[Sequence[int]],
+    cap: int | None,
+    special: frozenset[int],
 ) -> tuple[list[int], list[int]]:
-    special = _special_ids(tokenizer)
     input_ids: list[int] = []
     labels: list[int] = []
     for piece in pieces:
         if piece.ecg is not None:
             run = ecg_runs[piece.ecg]
             run = run if cap is None else run[:cap]
-            input_ids += run
+            input_ids += map(int, run)  # only the kept part is converted (a run may be thousands long)
             labels += [IGNORE_INDEX] * len(run)
         else:
             input_ids += piece.ids
@@ -253,6 +277,7 @@ def _encode(
     min_ecg_tokens: int,
     system: str | None,
     generation_prompt: bool,
+    special_ids: frozenset[int] | None,
 ) -> tuple[list[int], list[int]]:
     turns_checked, system = check_turns(turns, system)
     last_role = "user" if generation_prompt else "assistant"
@@ -265,24 +290,25 @@ def _encode(
         raise ConversationError(what)
     if min_ecg_tokens < 0 or (max_length is not None and max_length < 1):
         raise UserError("min_ecg_tokens must be >= 0 and max_length >= 1")
-    runs = [[int(t) for t in run] for run in (ecg_token_ids or [])]
+    runs = list(ecg_token_ids or [])
     counts = [t["content"].count(ECG_PLACEHOLDER) if t["role"] == "user" else 0 for t in turns_checked]
     if sum(counts) != len(runs):
         raise ConversationError(
             f"{sum(counts)} {ECG_PLACEHOLDER} placeholder(s) in the user turns "
             f"but {len(runs)} ECG token list(s)"
         )
+    special = special_token_ids(tokenizer) if special_ids is None else special_ids
     # Try the whole conversation, then without the oldest exchange, ...; the last exchange always stays.
     for drop in range(0, len(turns_checked) - (1 if generation_prompt else 2) + 1, 2):
         kept_turns = turns_checked[drop:]
         kept_runs = runs[sum(counts[:drop]) :]
         pieces = _pieces(tokenizer, _layout(tokenizer, family, kept_turns, system, generation_prompt))
         if max_length is None:
-            return _assemble(tokenizer, pieces, kept_runs, None)
+            return _assemble(tokenizer, pieces, kept_runs, None, special)
         text_tokens = sum(len(p.ids) for p in pieces)
         cap = _cap_for([len(r) for r in kept_runs], max_length - text_tokens, min_ecg_tokens)
         if cap is not None:
-            return _assemble(tokenizer, pieces, kept_runs, cap)
+            return _assemble(tokenizer, pieces, kept_runs, cap, special)
     raise ConversationTooLongError(
         f"conversation does not fit in max_length={max_length} tokens even with ECG runs cut to "
         f"{min_ecg_tokens} tokens and only the last exchange kept"
@@ -298,6 +324,7 @@ def tokenize_conversation(
     ecg_token_ids: Sequence[Sequence[int]] | None = None,
     min_ecg_tokens: int = 0,
     system: str | None = None,
+    special_ids: frozenset[int] | None = None,
 ) -> dict[str, list[int]]:
     """Token ids, labels (-100 outside the answers) and attention mask of a training conversation.
 
@@ -305,7 +332,8 @@ def tokenize_conversation(
     turn is replaced by the matching id list of ``ecg_token_ids``, in order. Too long for
     ``max_length``: the ECG runs are cut (the longest first, each keeping its first tokens) down to
     ``min_ecg_tokens``, then the oldest exchanges are dropped; the last question and answer always stay
-    (:class:`ConversationTooLongError` if even that does not fit).
+    (:class:`ConversationTooLongError` if even that does not fit). ``special_ids``: the tokenizer's
+    :func:`special_token_ids`, when the caller holds them.
     """
     input_ids, labels = _encode(
         tokenizer,
@@ -316,6 +344,7 @@ def tokenize_conversation(
         min_ecg_tokens=min_ecg_tokens,
         system=system,
         generation_prompt=False,
+        special_ids=special_ids,
     )
     return {"input_ids": input_ids, "labels": labels, "attention_mask": [1] * len(input_ids)}
 
@@ -329,6 +358,7 @@ def render_prompt(
     ecg_token_ids: Sequence[Sequence[int]] | None = None,
     min_ecg_tokens: int = 0,
     system: str | None = None,
+    special_ids: frozenset[int] | None = None,
 ) -> list[int]:
     """Token ids to generate the next answer from: ``turns`` end with a user turn; the template's
     generation prompt is appended. Placeholders and truncation work as in :func:`tokenize_conversation`.
@@ -342,6 +372,7 @@ def render_prompt(
         min_ecg_tokens=min_ecg_tokens,
         system=system,
         generation_prompt=True,
+        special_ids=special_ids,
     )
     return input_ids
 
@@ -350,7 +381,7 @@ def end_of_turn_ids(tokenizer: Any, family: str) -> list[int]:
     """The special tokens that close an assistant turn in this template (generation stops at them)."""
     turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     layout = _layout(tokenizer, family, turns, None, False)
-    special = _special_ids(tokenizer)
+    special = special_token_ids(tokenizer)
     pieces = [p for p in _pieces(tokenizer, layout) if p.in_span]
     return sorted({t for p in pieces for t in p.ids if t in special})
 

@@ -28,7 +28,9 @@ from safetensors.torch import load_file, save_file
 from ecgbench import __version__
 from ecgbench.errors import CorruptFileError, UserError
 from ecgbench.files import atomic_write, read_folder_document, sha256_path
-from ecgbench.models.elm import ELM, ELMConfig, build_config_encoder, build_elm
+from ecgbench.models.config import ELMConfig
+from ecgbench.models.elm import ELM, build_config_encoder, build_elm
+from ecgbench.models.processor import ELMProcessor
 
 CONFIG_FILE = "elm_config.json"
 WEIGHTS_FILE = "elm_weights.safetensors"
@@ -43,7 +45,10 @@ SELF = "."
 STAGE_FIELDS = frozenset(
     {
         "llm_training",
-        "lora",
+        "lora_rank",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target_modules",
         "gradient_checkpointing",
         "train_new_embeddings",
         "train_encoder",
@@ -166,22 +171,8 @@ def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
     return document
 
 
-def load_elm(
-    directory: str | Path,
-    *,
-    trainable: bool = False,
-    device: str | torch.device | None = None,
-    update: Mapping[str, Any] | None = None,
-) -> ELM:
-    """Rebuild a saved ELM with one call.
-
-    ``trainable=False`` (inference) freezes everything and sets eval mode; ``trainable=True``
-    restores the trainable parts the config names, to continue training. ``update`` starts a new
-    training stage from the checkpoint by changing fields of :data:`STAGE_FIELDS`, e.g. LLaVA's
-    stage 2 after a projector-only stage 1: ``{"llm_training": "lora", "training_stage": "finetune"}``.
-    """
-    directory = Path(directory)
-    document = read_checkpoint_config(directory)
+def _read_parts(directory: Path, document: Mapping[str, Any]) -> tuple[ELMConfig, dict[str, dict[str, torch.Tensor]]]:
+    """The config and the stored tensors of a checkpoint, grouped by part (tied aliases restored)."""
     try:
         config = ELMConfig.model_validate(document["config"])
     except (ValidationError, KeyError) as exc:
@@ -201,6 +192,64 @@ def load_elm(
         raise CorruptFileError(
             f"{directory / WEIGHTS_FILE} holds parts {sorted(parts)}, its config says {sorted(expected)}"
         )
+    return config, parts
+
+
+def load_trained_parts(elm: ELM, directory: str | Path) -> None:
+    """Put a checkpoint's trained tensors into an ELM built from the same config (resuming a run)."""
+    directory = Path(directory)
+    config, parts = _read_parts(directory, read_checkpoint_config(directory))
+    if config.architecture != elm.config.architecture or saved_parts(config) != saved_parts(elm.config):
+        raise CorruptFileError(f"{directory} holds another kind of ELM than the one being trained")
+    _load_parts(elm, parts, directory / WEIGHTS_FILE)
+
+
+def load_processor(directory: str | Path) -> ELMProcessor:
+    """The processor of a saved ELM, read from its folder without loading any weights (for DataLoader
+    workers, the demo's input checks, or preparing prompts on a machine without the model)."""
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    document = read_checkpoint_config(directory)
+    try:
+        config = ELMConfig.model_validate(document["config"])
+    except (ValidationError, KeyError) as exc:
+        raise CorruptFileError(f"{directory / CONFIG_FILE} has an invalid ELM config: {exc}") from None
+    ecg_tokenizer = None
+    if config.architecture == "token":
+        from ecgbench.tokenizer import ECGByteTokenizer
+
+        ecg_tokenizer = ECGByteTokenizer.load(directory / ECG_TOKENIZER_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    processor = ELMProcessor(
+        config,
+        tokenizer,
+        document["llm_family"],
+        ecg_tokenizer=ecg_tokenizer,
+        soft_tokens_per_ecg=int(document.get("soft_tokens_per_ecg") or 0),
+    )
+    if processor.first_new_id != document.get("first_new_token_id"):
+        raise CorruptFileError(f"{directory}: its tokenizer does not hold the ECG tokens it was saved with")
+    return processor
+
+
+def load_elm(
+    directory: str | Path,
+    *,
+    trainable: bool = False,
+    device: str | torch.device | None = None,
+    update: Mapping[str, Any] | None = None,
+) -> ELM:
+    """Rebuild a saved ELM with one call.
+
+    ``trainable=False`` (inference) freezes everything and sets eval mode; ``trainable=True``
+    restores the trainable parts the config names, to continue training. ``update`` starts a new
+    training stage from the checkpoint by changing fields of :data:`STAGE_FIELDS`, e.g. LLaVA's
+    stage 2 after a projector-only stage 1: ``{"llm_training": "lora", "training_stage": "finetune"}``.
+    """
+    directory = Path(directory)
+    document = read_checkpoint_config(directory)
+    config, parts = _read_parts(directory, document)
     if update:
         config = _next_stage(config, update, encoder_saved="encoder" in parts)
 
@@ -250,7 +299,7 @@ def _next_stage(config: ELMConfig, update: Mapping[str, Any], *, encoder_saved: 
         )
     if config.llm_training != "frozen" and (
         update.get("llm_training", config.llm_training) != config.llm_training
-        or ("lora" in update and config.lora.model_dump() != dict(update["lora"]))
+        or any(key.startswith("lora_") and update[key] != getattr(config, key) for key in update)
     ):
         raise UserError(
             f"the LLM of this checkpoint was trained ({config.llm_training}); to adapt it differently, "

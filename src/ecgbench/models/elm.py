@@ -18,118 +18,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from transformers import GenerationConfig
 
-from ecgbench.data.conversations import count_placeholders
 from ecgbench.errors import UserError
-from ecgbench.models.chat import (
-    ECG_PLACEHOLDER,
-    check_turns,
-    end_of_turn_ids,
-    pad_batch,
-    render_prompt,
-    tokenize_conversation,
-)
-from ecgbench.models.llm import LoraSpec
-from ecgbench.models.projector import PatchProjector, Projector, ProjectorKind, pool_tokens
+from ecgbench.models.chat import end_of_turn_ids
+from ecgbench.models.config import ARCHITECTURES, ELMConfig
+from ecgbench.models.processor import ELMProcessor
+from ecgbench.models.projector import PatchProjector, Projector, pool_tokens
 
 if TYPE_CHECKING:
     from ecgbench.models.encoders.base import ECGEncoder
     from ecgbench.models.llm import LoadedLLM
     from ecgbench.tokenizer import ECGByteTokenizer
 
-ECG_START = "<ecg_start>"
-ECG_END = "<ecg_end>"
-#: truncation shrinks an ECG-Byte run no further than this many tokens
-MIN_ECG_BYTE_TOKENS = 64
-
-Architecture = Literal["token", "encoder", "encoder-free"]
-ARCHITECTURES: tuple[str, ...] = ("token", "encoder", "encoder-free")
-
-
-def ecg_byte_token(index: int) -> str:
-    """The LLM token string for ECG-Byte id ``index``."""
-    return f"<ecgb_{index}>"
-
-
-class ELMConfig(BaseModel):
-    """Everything needed to rebuild an ELM; written as JSON inside every checkpoint."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    architecture: Architecture
-    #: tokens (ECG-Byte, token ELM), signal (B, 12, L), stacked or image (B, 3, H, W)
-    representation: Literal["tokens", "signal", "stacked", "image"]
-    llm: str = Field(description="registry name, hub id, local directory or GGUF file")
-    llm_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    llm_training: Literal["frozen", "lora", "full"] = "lora"
-    lora: LoraSpec = LoraSpec()
-    gradient_checkpointing: bool = Field(
-        False, description="recompute LLM activations in backward (saves memory)"
-    )
-    # token ELM
-    ecg_tokenizer: str | None = Field(None, description="tokenizer.json the ELM was built with")
-    embedding_init: Literal["mean", "symbols"] = Field(
-        "symbols", description="new rows: mean LLM embedding, or mean of the tokens spelling the symbols"
-    )
-    train_new_embeddings: bool = True
-    # encoder ELM
-    encoder: str | None = None
-    encoder_preset: Literal["tiny", "base"] = "tiny"
-    encoder_checkpoint: str | None = Field(None, description="encoder checkpoint directory (save_pretrained)")
-    encoder_options: dict[str, Any] = Field(default_factory=dict, description="build_encoder options")
-    train_encoder: bool = False
-    # encoder and encoder-free ELMs
-    projector: ProjectorKind = "mlp2"
-    num_soft_tokens: int | None = Field(None, ge=1, description="pool each ECG to this many soft tokens")
-    patch_size: int = Field(25, ge=1, description="encoder-free: samples (signal) or pixels per patch")
-    signal_length: int = Field(1250, ge=16, description="samples per lead of every ECG given to the ELM")
-    image_size: int = Field(224, ge=16)
-    fs: float = Field(250.0, gt=0, description="sampling rate of the ECGs (sets the image time scale)")
-    # bookkeeping
-    training_stage: str = Field("initialised", description="set by the trainer that saved the checkpoint")
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ELMConfig:
-        if self.architecture == "token":
-            if self.representation != "tokens":
-                raise ValueError("the token ELM reads ECG-Byte symbols: representation must be 'tokens'")
-        elif self.representation == "tokens":
-            raise ValueError(f"the {self.architecture} ELM needs representation signal, stacked or image")
-        if self.architecture == "encoder" and not self.encoder:
-            raise ValueError("the encoder ELM needs an encoder name")
-        if self.architecture != "encoder" and self.encoder:
-            raise ValueError(f"the {self.architecture} ELM has no encoder")
-        return self
-
-
-def check_signals(ecgs: Sequence[np.ndarray] | np.ndarray, length: int | None) -> list[np.ndarray]:
-    """Validate ECGs: (12, L) float, finite, with L == length when given."""
-    arrays = []
-    for i, ecg in enumerate(ecgs):
-        arr = np.asarray(ecg, dtype=np.float32)
-        if arr.ndim != 2 or arr.shape[0] != 12:
-            raise UserError(f"ECG {i} has shape {arr.shape}; expected (12, samples)")
-        if length is not None and arr.shape[1] != length:
-            raise UserError(f"ECG {i} has {arr.shape[1]} samples per lead; this ELM reads {length}")
-        if not np.isfinite(arr).all():
-            raise UserError(f"ECG {i} contains NaN or infinite samples")
-        arrays.append(arr)
-    return arrays
+__all__ = ["ARCHITECTURES", "ELM", "ELMConfig", "build_elm"]
 
 
 class ELM(nn.Module):
     """An LLM plus the parts that turn ECGs into its input embeddings.
 
-    Batches (from :meth:`collate`) hold ``input_ids``, ``attention_mask``, optionally ``labels``,
+    Batches (from ``self.processor.collate``) hold ``input_ids``, ``attention_mask``, optionally ``labels``,
     and for soft-token ELMs ``ecg`` (all ECGs of the batch in conversation order, already in the
     model's representation) with ``ecg_owner`` (the conversation each ECG belongs to).
     """
@@ -151,7 +64,6 @@ class ELM(nn.Module):
         self.encoder = encoder
         self.projector: nn.Module | None = None
         self.ecg_embeddings: nn.Embedding | None = None
-        self.soft_tokens_per_ecg = 0
 
         if (config.llm_training == "lora") != hasattr(self.llm, "peft_config"):
             raise ValueError(
@@ -159,23 +71,20 @@ class ELM(nn.Module):
             )
         embedding = self.llm.get_input_embeddings()
         self.embedding_dim = int(embedding.weight.shape[1])
+        soft_tokens = self._build_soft_token_front_end() if config.architecture != "token" else 0
+        #: everything that turns conversations into batches; weight-free, so DataLoader workers hold it
+        self.processor = ELMProcessor(
+            config, self.tokenizer, self.family, ecg_tokenizer=ecg_tokenizer, soft_tokens_per_ecg=soft_tokens
+        )
+        self.first_new_id = self.processor.first_new_id
+        self.num_new_tokens = self.processor.num_new_tokens
+        self.soft_tokens_per_ecg = self.processor.soft_tokens_per_ecg
         if config.architecture == "token":
-            if ecg_tokenizer is None:
-                raise ValueError("the token ELM needs an ECG-Byte tokenizer")
-            added = [ecg_byte_token(i) for i in range(ecg_tokenizer.vocab_size)] + [ECG_START, ECG_END]
-        else:
-            added = [ECG_PLACEHOLDER]
-        self.first_new_id = self._add_tokens(added)
-        self.num_new_tokens = len(added)
-        if config.architecture == "token":
-            self.ecg_start_id = self.first_new_id + ecg_tokenizer.vocab_size  # type: ignore[union-attr]
-            self.ecg_end_id = self.ecg_start_id + 1
-            self.ecg_embeddings = nn.Embedding(len(added), self.embedding_dim)
+            self.ecg_embeddings = nn.Embedding(self.num_new_tokens, self.embedding_dim)
             self._init_new_rows(ecg_tokenizer)  # type: ignore[arg-type]
             self.ecg_embeddings.weight.requires_grad_(config.train_new_embeddings)
         else:
-            self.placeholder_id = self.first_new_id
-            self._build_soft_token_front_end()
+            self.placeholder_id = self.processor.placeholder_id
 
         if config.llm_training == "frozen":
             self.llm.requires_grad_(False)
@@ -183,20 +92,9 @@ class ELM(nn.Module):
             self.llm.requires_grad_(True)
         # "lora": load_llm already froze the base and made the adapters trainable
         if self.encoder is not None:
-            self.encoder.requires_grad_(config.train_encoder)
-            if hasattr(self.encoder, "set_trainable"):  # vision towers track it for their train() mode
-                self.encoder.set_trainable(config.train_encoder)
+            self.encoder.set_trainable(config.train_encoder)
 
     # ------------------------------------------------------------------ construction
-
-    def _add_tokens(self, tokens: list[str]) -> int:
-        """Register ``tokens`` as special tokens of the LLM tokenizer; return the first (contiguous) id."""
-        self.tokenizer.add_tokens(tokens, special_tokens=True)
-        ids = self.tokenizer.convert_tokens_to_ids(tokens)
-        first = int(ids[0])
-        if list(ids) != list(range(first, first + len(tokens))):
-            raise ValueError("the LLM tokenizer already holds some ECG tokens with non-contiguous ids")
-        return first
 
     def _base_rows(self) -> torch.Tensor:
         """The LLM's input-embedding rows of real (pre-existing) tokens, float32."""
@@ -219,7 +117,8 @@ class ELM(nn.Module):
         self.ecg_embeddings.weight.copy_(init)  # type: ignore[union-attr]
 
     @torch.no_grad()
-    def _build_soft_token_front_end(self) -> None:
+    def _build_soft_token_front_end(self) -> int:
+        """Build the projector; return the soft tokens each ECG becomes."""
         from ecgbench.models.inputs import to_representation
 
         cfg = self.config
@@ -253,7 +152,7 @@ class ELM(nn.Module):
                 raise UserError(
                     f"patch size {cfg.patch_size} is larger than the input {tuple(probe.shape[1:])}"
                 )
-        self.soft_tokens_per_ecg = cfg.num_soft_tokens or tokens
+        return cfg.num_soft_tokens or tokens
 
     def train(self, mode: bool = True) -> ELM:
         super().train(mode)
@@ -261,135 +160,9 @@ class ELM(nn.Module):
             self.encoder.eval()  # a frozen encoder keeps inference behaviour (dropout, norms)
         return self
 
-    # ------------------------------------------------------------------ examples and batches
-
-    def representation_of(self, ecgs: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-        """ECGs (12, L) -> the input tensor of the soft-token front end, (k, ...)."""
-        from ecgbench.models.inputs import to_representation
-
-        signals = np.stack(check_signals(ecgs, self.config.signal_length))
-        return to_representation(
-            signals, kind=self.config.representation, image_size=self.config.image_size, fs=self.config.fs
-        )
-
-    def _ecg_token_ids(self, ecgs: Sequence[np.ndarray]) -> list[list[int]]:
-        if self.config.architecture == "token":
-            signals = check_signals(ecgs, self.config.signal_length)
-            encoded = self.ecg_tokenizer.encode_batch(signals)  # type: ignore[union-attr]
-            return [(np.asarray(ids, dtype=np.int64) + self.first_new_id).tolist() for ids in encoded]
-        return [[self.placeholder_id] * self.soft_tokens_per_ecg for _ in ecgs]
-
-    def _check_turns(
-        self, turns: Sequence[Mapping[str, str]], ecgs: Sequence[np.ndarray]
-    ) -> list[dict[str, str]]:
-        check_turns(turns)  # malformed turns (missing role or content) fail here in one line
-        placeholders = count_placeholders(turns)
-        if placeholders != len(ecgs):
-            raise UserError(
-                f"conversation has {placeholders} {ECG_PLACEHOLDER} placeholders but {len(ecgs)} ECGs"
-            )
-        if self.config.architecture != "token":
-            return [dict(turn) for turn in turns]
-        # Bracket each ECG-Byte run; the brackets are tokenizer special tokens, so they survive as text.
-        wrapped = f"{ECG_START}{ECG_PLACEHOLDER}{ECG_END}"
-        return [
-            {**turn, "content": turn["content"].replace(ECG_PLACEHOLDER, wrapped)}
-            if turn["role"] == "user"
-            else dict(turn)
-            for turn in turns
-        ]
-
-    def _kept_ecgs(self, input_ids: Sequence[int], ecgs: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
-        """ECGs whose placeholders survived truncation (the oldest turns are dropped first)."""
-        if self.config.architecture == "token" or not len(ecgs):
-            return ecgs
-        count, remainder = divmod(
-            sum(1 for t in input_ids if t == self.placeholder_id), self.soft_tokens_per_ecg
-        )
-        if remainder:
-            raise RuntimeError("an ECG's soft-token run was cut by truncation; raise max_length")
-        return ecgs[len(ecgs) - count :]
-
-    def prepare_example(
-        self,
-        turns: Sequence[Mapping[str, str]],
-        ecgs: Sequence[np.ndarray] = (),
-        *,
-        max_length: int,
-        system: str | None = None,
-        min_ecg_tokens: int | None = None,
-    ) -> dict[str, Any]:
-        """One training example: ids, attention mask, labels (assistant spans only) and ECG inputs."""
-        checked = self._check_turns(turns, ecgs)
-        if min_ecg_tokens is None:
-            min_ecg_tokens = self._min_ecg_tokens()
-        encoded = tokenize_conversation(
-            self.tokenizer,
-            self.family,
-            checked,
-            max_length=max_length,
-            ecg_token_ids=self._ecg_token_ids(ecgs),
-            min_ecg_tokens=min_ecg_tokens,
-            system=system,
-        )
-        example = {key: list(encoded[key]) for key in ("input_ids", "labels", "attention_mask")}
-        example["ecg"] = self._front_end_input(self._kept_ecgs(example["input_ids"], ecgs))
-        return example
-
-    def prepare_prompt(
-        self,
-        turns: Sequence[Mapping[str, str]],
-        ecgs: Sequence[np.ndarray] = (),
-        *,
-        max_length: int | None = None,
-        system: str | None = None,
-    ) -> dict[str, Any]:
-        """A generation prompt (turns ending with a user turn) ready for ``collate(..., "left")``."""
-        checked = self._check_turns(turns, ecgs)
-        kwargs: dict[str, Any] = {"ecg_token_ids": self._ecg_token_ids(ecgs), "system": system}
-        if max_length is not None:
-            kwargs["max_length"] = max_length
-            kwargs["min_ecg_tokens"] = self._min_ecg_tokens()
-        ids = [int(t) for t in render_prompt(self.tokenizer, self.family, checked, **kwargs)]
-        return {
-            "input_ids": ids,
-            "attention_mask": [1] * len(ids),
-            "ecg": self._front_end_input(self._kept_ecgs(ids, ecgs)),
-        }
-
-    def _front_end_input(self, ecgs: Sequence[np.ndarray]) -> torch.Tensor | None:
-        if self.config.architecture == "token":
-            return None
-        return self.representation_of(ecgs) if len(ecgs) else None
-
-    def _min_ecg_tokens(self) -> int:
-        # soft-token runs cannot shrink; ECG-Byte runs may, down to a floor that still carries a beat or two
-        return self.soft_tokens_per_ecg if self.config.architecture != "token" else MIN_ECG_BYTE_TOKENS
-
     @property
     def pad_token_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return int(pad if pad is not None else self.tokenizer.eos_token_id)
-
-    def collate(
-        self, examples: Sequence[Mapping[str, Any]], padding_side: Literal["left", "right"] = "right"
-    ) -> dict[str, torch.Tensor]:
-        """Pad examples into a batch: right padding for training, left padding for generation."""
-        padded = pad_batch(examples, self.pad_token_id, side=padding_side)
-        batch = {key: torch.tensor(rows, dtype=torch.long) for key, rows in padded.items()}
-        ecg = [ex["ecg"] for ex in examples if ex.get("ecg") is not None]
-        if ecg:
-            batch["ecg"] = torch.cat(ecg)
-            batch["ecg_owner"] = torch.tensor(
-                [
-                    row
-                    for row, ex in enumerate(examples)
-                    if ex.get("ecg") is not None
-                    for _ in range(len(ex["ecg"]))
-                ],
-                dtype=torch.long,
-            )
-        return batch
+        return self.processor.pad_token_id
 
     # ------------------------------------------------------------------ model
 
@@ -440,13 +213,18 @@ class ELM(nn.Module):
         tokens = self.soft_tokens(ecg.to(device=device, dtype=front_dtype)).to(embeds.dtype)
         return embeds.masked_scatter(slots.unsqueeze(-1), tokens.reshape(-1, self.embedding_dim))
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> Any:
-        """Causal-LM output (``loss`` when the batch has labels, ``logits``)."""
+    def forward(self, batch: Mapping[str, torch.Tensor], *, num_items_in_batch: float | None = None) -> Any:
+        """Causal-LM output (``loss`` when the batch has labels, ``logits``).
+
+        ``num_items_in_batch``: the loss is the sum over label tokens divided by it (the answer tokens
+        of a whole accumulated batch) instead of the mean over this batch's label tokens."""
         labels = batch.get("labels")
+        extra = {} if num_items_in_batch is None or labels is None else {"num_items_in_batch": num_items_in_batch}
         return self.llm(
             inputs_embeds=self.embed(batch),
             attention_mask=batch["attention_mask"].to(self.device),
             labels=labels.to(self.device) if labels is not None else None,
+            **extra,
         )
 
     def stop_token_ids(self) -> list[int]:
@@ -485,9 +263,11 @@ class ELM(nn.Module):
         *,
         max_new_tokens: int = 128,
         do_sample: bool = False,
+        streamer: Any = None,
         **kwargs: Any,
     ) -> list[list[int]]:
-        """New token ids per prompt, cut after the first stop token."""
+        """New token ids per prompt, cut after the first stop token. ``streamer``: a transformers streamer
+        (``TextIteratorStreamer``) that receives the new tokens as they are made (one prompt only)."""
         mask = batch["attention_mask"].to(self.device)
         if bool((mask[:, -1] == 0).any()):
             raise ValueError("generation needs a left-padded batch: collate(..., padding_side='left')")
@@ -505,7 +285,10 @@ class ELM(nn.Module):
         try:
             # With inputs_embeds and no input_ids, generate returns only the new tokens (no prompt to cut).
             out = self.llm.generate(
-                inputs_embeds=self.embed(batch), attention_mask=mask, generation_config=config
+                inputs_embeds=self.embed(batch),
+                attention_mask=mask,
+                generation_config=config,
+                streamer=streamer,
             )
         finally:
             self.train(was_training)
@@ -516,16 +299,10 @@ class ELM(nn.Module):
         return result
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+        return self.processor.decode(ids)
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    def save(self, directory: str | Path) -> Path:
-        """Write a self-describing checkpoint folder (see ``ecgbench.models.checkpoint``)."""
-        from ecgbench.models.checkpoint import save_elm
-
-        return save_elm(self, directory)
 
 
 def build_elm(

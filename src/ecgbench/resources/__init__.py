@@ -1,4 +1,4 @@
-"""Files shipped inside the package: the real sample records (with their licences) and templates."""
+"""Files shipped inside the package: the real sample records (with their licences), templates, recipes."""
 
 from __future__ import annotations
 
@@ -7,3 +7,5 @@ from pathlib import Path
 RESOURCES_DIR = Path(__file__).resolve().parent
 # Small real samples of the public corpora; see sample/README.md for sources and licences.
 SAMPLE_DIR = RESOURCES_DIR / "sample"
+# Experiment recipes found by name by `ecgbench run NAME`.
+RECIPES_DIR = RESOURCES_DIR / "recipes"

@@ -59,6 +59,16 @@ class Corpus:
         return len(self.pieces) // self.pieces_per_item if self.pieces_per_item else 0
 
 
+def _samples_per_segment(corpus: Corpus) -> int | None:
+    """Samples per lead of every training segment when they all agree (signal input only)."""
+    if not corpus.scales or not corpus.pieces_per_item:
+        return None
+    pieces = np.asarray(corpus.pieces, dtype=np.int64)
+    per_item = np.add.reduceat(pieces, np.arange(0, len(pieces), corpus.pieces_per_item))
+    leads = 12
+    return int(per_item[0] // leads) if np.all(per_item == per_item[0]) and per_item[0] % leads == 0 else None
+
+
 def symbolize_segments(
     segments: Iterable[np.ndarray],
     symbolizer: Symbolizer,
@@ -271,6 +281,8 @@ class ECGByteTokenizer:
             "merges_learned": len(merges),
             "min_pair_count": MIN_PAIR_COUNT,
             "seconds": round(time.perf_counter() - started, 3),
+            # lets a trainer refuse a store whose segments are not the ones this tokenizer learned on
+            "samples_per_segment": _samples_per_segment(corpus),
         }
         return cls(
             merges,

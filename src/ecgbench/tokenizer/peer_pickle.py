@@ -11,12 +11,30 @@ PERSID, ...) is refused before anything is built from it.
 from __future__ import annotations
 
 import pickletools
+import reprlib
 from pathlib import Path
 from typing import Any
 
 from ecgbench.errors import CorruptFileError
+from ecgbench.files import require_file
 
 _MAX_BYTES = 256 * 1024 * 1024
+# Bounds on what a pickle may build. Shared references (memo GETs) let a few bytes stand for a structure
+# exponentially larger when walked as a tree (``x = [x, x]`` forty times: 2**40 values), which any later
+# traversal (comparison, repr, the tokenizer checks) would take hours over. A plain tokenizer pickle
+# shares nothing, so its values number about its opcodes; the limit allows four times that.
+_VALUES_PER_OPCODE = 4
+_MIN_VALUES = 1 << 16
+_MAX_DEPTH = 32  # (vocab, merges) nests four deep
+_SHORT = reprlib.Repr()  # keyword arguments need Python 3.12
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 2, 4, 4, 4
+_SHORT.maxstring = _SHORT.maxother = 40
+
+
+def shown(value: Any) -> str:
+    """A value for an error message, cut short (a hostile pickle can hold huge ones)."""
+    return _SHORT.repr(value)
+
 
 # Opcodes that push a decoded literal argument unchanged.
 _LITERALS = {
@@ -47,9 +65,7 @@ class _Mark:
 
 def load_plain_pickle(path: Path) -> Any:
     """Read a pickle holding only plain data; raise :class:`CorruptFileError` for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise CorruptFileError(f"pickle file not found: {path}")
+    path = require_file(Path(path), "pickle file")
     if path.stat().st_size > _MAX_BYTES:
         raise CorruptFileError(f"{path} is larger than {_MAX_BYTES // 2**20} MiB: not a tokenizer pickle")
     return loads_plain_pickle(path.read_bytes(), str(path))
@@ -67,8 +83,10 @@ def loads_plain_pickle(data: bytes, name: str = "<bytes>") -> Any:
                 return items
         raise CorruptFileError(f"{name}: malformed pickle (no MARK)")
 
+    opcodes = 0
     try:
         for opcode, arg, pos in pickletools.genops(data):
+            opcodes += 1
             op = opcode.name
             if op in _IGNORED:
                 continue
@@ -132,6 +150,7 @@ def loads_plain_pickle(data: bytes, name: str = "<bytes>") -> Any:
                     raise CorruptFileError(
                         f"{name}: malformed pickle (stack holds {len(stack)} items at STOP)"
                     )
+                _check_bounds(stack[0], max(_VALUES_PER_OPCODE * opcodes, _MIN_VALUES), name)
                 return stack[0]
             else:
                 raise CorruptFileError(
@@ -143,6 +162,56 @@ def loads_plain_pickle(data: bytes, name: str = "<bytes>") -> Any:
     except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptFileError(f"{name}: truncated or malformed pickle ({exc})") from None
     raise CorruptFileError(f"{name}: truncated pickle (no STOP opcode)")
+
+
+def _children(value: Any) -> Any:
+    if isinstance(value, dict):
+        return [*value.keys(), *value.values()]
+    return value if isinstance(value, list | tuple) else ()
+
+
+def _check_bounds(root: Any, max_values: int, name: str) -> None:
+    """Refuse a structure that, walked as a tree, holds more than ``max_values`` values, nests deeper than
+    ``_MAX_DEPTH`` or contains itself. Work is linear in the distinct objects (sizes of shared ones are
+    memoised), so the check itself cannot be made slow."""
+    if not isinstance(root, list | tuple | dict):
+        return
+    sizes: dict[int, int] = {}
+    on_path = {id(root)}
+    stack: list[tuple[Any, Any, int]] = [(root, iter(_children(root)), 1)]
+    while stack:
+        node, children, total = stack[-1]
+        descend = None
+        for child in children:
+            if not isinstance(child, list | tuple | dict):
+                total += 1
+            elif id(child) in sizes:
+                total += sizes[id(child)]
+            elif id(child) in on_path:
+                raise CorruptFileError(f"{name}: refused: the pickle holds a structure that contains itself")
+            else:
+                descend = child
+                break
+            if total > max_values:
+                break
+        if total > max_values:
+            raise CorruptFileError(
+                f"{name}: refused: its shared references expand to more than {max_values:,} values "
+                "(a pickle bomb, not a tokenizer)"
+            )
+        if descend is not None:
+            if len(stack) >= _MAX_DEPTH:
+                raise CorruptFileError(f"{name}: refused: values nest deeper than {_MAX_DEPTH} levels")
+            stack[-1] = (node, children, total)
+            on_path.add(id(descend))
+            stack.append((descend, iter(_children(descend)), 1))
+            continue
+        stack.pop()
+        on_path.discard(id(node))
+        sizes[id(node)] = total
+        if stack:
+            parent, rest, parent_total = stack[-1]
+            stack[-1] = (parent, rest, parent_total + total)
 
 
 # --------------------------------------------------------------------------- peer tokenizer import
@@ -169,9 +238,9 @@ def peer_merges(vocab: Any, merges: Any, name: str) -> tuple[list[tuple[int, int
         if not (isinstance(merge, tuple | list) and len(merge) == 2 and isinstance(merge[0], list)):
             raise CorruptFileError(f"{name}: merge {k} is not (byte list, new id)")
         expansion, new_id = merge
-        if new_id != PEER_FIRST_MERGE_ID + k:
+        if type(new_id) is not int or new_id != PEER_FIRST_MERGE_ID + k:
             raise CorruptFileError(
-                f"{name}: merge {k} creates id {new_id!r}, expected {PEER_FIRST_MERGE_ID + k}"
+                f"{name}: merge {k} creates id {shown(new_id)}, expected {PEER_FIRST_MERGE_ID + k}"
             )
         if not expansion or not all(type(b) is int and b in PEER_SYMBOL_IDS for b in expansion):
             raise CorruptFileError(f"{name}: merge {k} uses bytes outside a..z (not an ECG-Byte tokenizer)")
@@ -180,7 +249,9 @@ def peer_merges(vocab: Any, merges: Any, name: str) -> tuple[list[tuple[int, int
         codes = bytes(b - ord("a") for b in expansion)
         splits = [i for i in range(1, len(codes)) if codes[:i] in by_symbols and codes[i:] in by_symbols]
         if not splits:
-            raise CorruptFileError(f"{name}: merge {k} ({vocab[new_id]!r}) is not two earlier tokens joined")
+            raise CorruptFileError(
+                f"{name}: merge {k} ({shown(vocab[new_id])}) is not two earlier tokens joined"
+            )
         pair: tuple[int, int] | None = None
         if len(splits) > 1:
             ambiguous += 1

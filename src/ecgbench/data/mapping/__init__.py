@@ -14,6 +14,7 @@ from ecgbench.data.mapping.common import MappingReport, RecordLookup
 from ecgbench.data.mapping.ecg_chat import map_ecg_chat
 from ecgbench.data.mapping.ecgqa import map_ecgqa
 from ecgbench.data.mapping.gem import map_ecg_grounding, map_ecg_grounding_test
+from ecgbench.data.mapping.labels import LABELS_SET
 from ecgbench.data.mapping.pulse import map_ecg_bench_pulse, map_ecg_instruct_pulse
 from ecgbench.errors import UserError
 
@@ -42,6 +43,12 @@ SOURCE_SETS: dict[str, SourceSet] = {
         SourceSet("ecg-grounding-pulse", map_ecg_grounding, "GEM ECG_Grounding_30k.json"),
         SourceSet("ecg-grounding-test", map_ecg_grounding_test, "GEM ecg-grounding-test.json"),
     )
+}
+
+
+# Sets built from the segment store's own labels and reports: they take no --source.
+STORE_SETS: dict[str, str] = {
+    LABELS_SET: "verify / choose / query questions on each record's labels, and its report (no --source)"
 }
 
 

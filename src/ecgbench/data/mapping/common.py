@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from ecgbench.data.conversations import ECG_PLACEHOLDER, Conversation, EcgRef
 from ecgbench.errors import CorruptFileError, UserError
+from ecgbench.files import require_file
 
 # LLaVA-style sources (PULSE, GEM) mark the picture with <image>; ours is <ecg> everywhere.
 _FOREIGN_PLACEHOLDERS = ("<image>",)
@@ -184,9 +185,14 @@ def map_file_items(
 
 
 def item_id(item: dict[str, Any], fallback_id: str) -> str:
-    """The item's own ``id`` as a string, or the fallback when it has none (absent, null or empty)."""
+    """The item's own ``id`` as a string, or the fallback when it has none (absent, null or empty); an id
+    that is neither a string nor an integer (true, 3.5, a list) is a malformed item, not coerced."""
     value = item.get("id")
-    return fallback_id if value is None or value == "" else str(value)
+    if value is None or value == "":
+        return fallback_id
+    if type(value) not in (str, int):
+        raise SkipItem("malformed item id")
+    return str(value)
 
 
 def _turn_text(value: Any, report: MappingReport) -> str:
@@ -268,8 +274,7 @@ def _place_ecgs(dialogue: list[dict[str, str]], n_ecgs: int, report: MappingRepo
 
 def load_json_items(path: Path) -> list[Any]:
     """A JSON file holding a list of items (one clear error if missing or not JSON)."""
-    if not path.is_file():
-        raise UserError(f"source file not found: {path}")
+    require_file(path, "source file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

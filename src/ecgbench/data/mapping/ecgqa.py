@@ -108,7 +108,7 @@ def _conversation(
     if not isinstance(item, dict):
         raise SkipItem("malformed item")
     question, ecg_ids, sample_id = item.get("question"), item.get("ecg_id"), item.get("sample_id")
-    if not isinstance(question, str) or not isinstance(ecg_ids, list) or sample_id is None:
+    if not isinstance(question, str) or not isinstance(ecg_ids, list) or type(sample_id) not in (int, str):
         raise SkipItem("malformed item")
     question_type = item.get("question_type")
     if question_type is not None and not isinstance(question_type, str):
@@ -118,10 +118,10 @@ def _conversation(
     answer = _answer(item, report)
     if not ecg_ids:
         raise SkipItem("missing ECG")
-    try:
-        refs = [lookup.require(EcgRef(corpus, str(int(ecg_id)))) for ecg_id in ecg_ids]
-    except (TypeError, ValueError):
-        raise SkipItem("malformed item") from None
+    # ECG-QA writes ecg_id as a list of integers; true or 6002.9 must not become record 1 or 6002.
+    if not all(type(ecg_id) is int for ecg_id in ecg_ids):
+        raise SkipItem("malformed ECG id")
+    refs = [lookup.require(EcgRef(corpus, str(ecg_id))) for ecg_id in ecg_ids]
     template_id = item.get("template_id")
     user = f"{ECG_PLACEHOLDER}\n" * len(refs) + question.strip()
     return Conversation(
@@ -131,7 +131,7 @@ def _conversation(
         turns=[{"role": "user", "content": user}, {"role": "assistant", "content": ", ".join(answer)}],
         ecgs=refs,
         question_type=question_type,
-        answer_options=options.get(template_id, []) if isinstance(template_id, int) else [],
+        answer_options=options.get(template_id, []) if type(template_id) is int else [],
         meta={
             "variant": variant,
             "template_id": template_id,

@@ -61,6 +61,9 @@ class RecordRef:
     meta: dict[str, Any] = field(default_factory=dict)
     # Reader-private values the loader needs (e.g. a row number inside an HDF5 file).
     extra: dict[str, Any] = field(default_factory=dict)
+    # (reason, detail) of a defect found in the corpus's metadata (a truncated label field, an unknown
+    # class, a bad fold): the record is rejected with it, counted and listed, never kept half-labelled.
+    problem: tuple[str, str] | None = None
 
 
 @dataclass
@@ -120,6 +123,41 @@ class CorpusReader(ABC):
     def metadata_files(self) -> list[Path]:
         """Tables whose checksums go into the manifest."""
         return []
+
+
+# ------------------------------------------------------------------------------------- ids and rates
+
+# A patient id made from a record id starts with this; no corpus writes ids like it (they are numbers).
+OWN_PATIENT_PREFIX = "record:"
+# How tables write a missing value (pandas writes NaN as "nan" or leaves the field empty).
+_MISSING = {"", "nan", "na", "n/a", "none", "null", "<na>"}
+
+
+def own_patient_id(record_id: str) -> str:
+    """The patient id of a record whose patient is unknown: the record is its own patient, under an id that
+    cannot collide with a real one (PTB-XL record 1 is not patient 1)."""
+    return f"{OWN_PATIENT_PREFIX}{record_id}"
+
+
+def patient_id_string(value: Any) -> str | None:
+    """A patient id from a metadata table, or None when the table leaves it missing ("", "nan", ...): a
+    missing id must never become one shared id that merges unrelated patients."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text.lower() in _MISSING or text.startswith(OWN_PATIENT_PREFIX):
+        return None
+    return id_string(text)
+
+
+def check_sampling_rate(fs: float, where: str) -> None:
+    """Reject a record whose sampling rate is not a plausible ECG rate (see ``wfdb_header.FS_RANGE``)."""
+    from ecgbench.data.readers.wfdb_header import HeaderProblem, check_rate
+
+    try:
+        check_rate(float(fs), where)
+    except HeaderProblem as exc:
+        raise RecordRejected(exc.reason, exc.detail) from None
 
 
 # ---------------------------------------------------------------------------------------------- leads
@@ -212,40 +250,72 @@ def to_millivolts(signal: np.ndarray, units: list[str]) -> np.ndarray:
 def read_wfdb(path: str) -> tuple[np.ndarray, list[str], list[str], float, list[str]]:
     """Read a WFDB record (``.hea`` + ``.dat``/``.mat``, any wfdb-supported format) as (leads, samples).
 
-    Returns signal, lead names, units, sampling rate and header comments. Format-16 records (nearly all
-    12-lead corpora) are read by :mod:`ecgbench.data.readers.wfdb_fast`, which gives wfdb's values ten
-    times faster; everything else, and every broken file, goes through wfdb. File problems become
-    :class:`RecordRejected` with reason missing_file or corrupt_file."""
+    Returns signal, lead names, units, sampling rate and header comments. The header is checked first
+    (:mod:`~ecgbench.data.readers.wfdb_header`: sampling rate, calibration, MATLAB signal files, file
+    sizes) and the samples against its initial values and checksums. Format-16 records (nearly all 12-lead
+    corpora) are read by :mod:`ecgbench.data.readers.wfdb_fast`, which gives wfdb's values ten times
+    faster; everything else goes through wfdb. Problems become :class:`RecordRejected` with a reason
+    (missing_file, corrupt_file, bad_fs, uncalibrated, format_mismatch, checksum_mismatch) and a detail
+    that names the file, the field and its value."""
     from ecgbench.data.readers.wfdb_fast import read_format16
+    from ecgbench.data.readers.wfdb_header import HeaderProblem, check_samples
 
     header = Path(path + ".hea")
+    facts = _checked_header(header)
+    try:
+        fast = read_format16(path, facts[1])
+    except OSError:  # an unreadable signal file: let wfdb report it the way it always has
+        fast = None
+    if fast is None:
+        return _read_wfdb_with_wfdb(path, header, facts)
+    try:
+        check_samples(fast.digital, facts[0])
+    except HeaderProblem as exc:
+        raise RecordRejected(exc.reason, exc.detail) from None
+    return fast.signal, fast.sig_name, fast.units, fast.fs, fast.comments
+
+
+def _checked_header(header: Path) -> tuple[Any, str]:
+    """(checked header, its text), or the rejection that says what is wrong with it."""
+    from ecgbench.data.readers.wfdb_header import HeaderProblem, check_header, read_header_text
+
     if not header.is_file():
         raise RecordRejected("missing_file", f"{header} not found")
     try:
-        fast = read_format16(path)
-    except OSError:  # an unreadable header: let wfdb report it the way it always has
-        fast = None
-    if fast is not None:
-        signal, names, units, fs, comments = fast.signal, fast.sig_name, fast.units, fast.fs, fast.comments
-    else:
-        signal, names, units, fs, comments = _read_wfdb_with_wfdb(path, header)
-    if not math.isfinite(fs) or fs <= 0:
-        raise RecordRejected("bad_fs", f"{header.name}: sampling rate {fs!r}")
-    return signal, names, units, fs, comments
+        text = read_header_text(header)
+    except OSError as exc:
+        raise RecordRejected("corrupt_file", f"{header.name} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return check_header(text, header), text
+    except HeaderProblem as exc:
+        raise RecordRejected(exc.reason, exc.detail) from None
 
 
 def _read_wfdb_with_wfdb(
-    path: str, header: Path
+    path: str, header: Path, facts: tuple[Any, str] | None = None
 ) -> tuple[np.ndarray, list[str], list[str], float, list[str]]:
-    """Any record wfdb reads (other formats, multi-segment records), and the errors of broken ones."""
+    """Any record wfdb reads (other formats, multi-segment records), checked as :func:`read_wfdb` checks
+    the records it reads itself."""
     import wfdb
 
+    from ecgbench.data.readers.wfdb_header import HeaderProblem, check_samples
+
+    checked = (facts or _checked_header(header))[0]
     try:
-        record = wfdb.rdrecord(path, physical=True)
+        # Digital first where the header's checksums apply, then wfdb's own conversion (what
+        # rdrecord(physical=True) does), so the values are wfdb's.
+        record = wfdb.rdrecord(path, physical=checked.multi_segment)
+        if not checked.multi_segment and record.d_signal is not None:
+            check_samples(np.asarray(record.d_signal), checked)
+            record.dac(expanded=False, return_res=64, inplace=True)
+    except HeaderProblem as exc:
+        raise RecordRejected(exc.reason, exc.detail) from None
     except FileNotFoundError as exc:
-        raise RecordRejected("missing_file", str(exc)) from None
+        raise RecordRejected("missing_file", f"{exc.filename or exc}: signal file not found") from None
     except Exception as exc:  # wfdb raises many types (ValueError, IndexError, struct errors) on bad files
-        raise RecordRejected("corrupt_file", f"{header.name}: {type(exc).__name__}: {exc}") from None
+        raise RecordRejected(
+            "corrupt_file", f"{header.name}: wfdb cannot read this record ({type(exc).__name__}: {exc})"
+        ) from None
     if record.p_signal is None or record.p_signal.ndim != 2 or record.p_signal.shape[0] == 0:
         raise RecordRejected("corrupt_file", f"{header.name}: no samples")
     if record.sig_len and record.p_signal.shape[0] < record.sig_len:

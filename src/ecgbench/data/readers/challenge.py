@@ -11,6 +11,7 @@ from pathlib import Path
 from ecgbench.data.readers.base import (
     RawRecord,
     RecordRef,
+    RecordRejected,
     parse_age,
     parse_header_comments,
     parse_sex,
@@ -40,12 +41,20 @@ def list_headers(root: Path, pattern: str = "*.hea") -> list[Path]:
     return sorted(root.rglob(pattern), key=lambda p: p.relative_to(root).as_posix())
 
 
-def load_challenge_record(ref: RecordRef) -> RawRecord:
+def load_challenge_record(ref: RecordRef, *, require_labels: bool = False) -> RawRecord:
     """Read a Challenge-format record; labels, age and sex come from its header comments unless the
-    reader's metadata table already gave them."""
+    reader's metadata table already gave them. With ``require_labels`` (corpora whose labels are the
+    ``# Dx:`` codes) a record without them is rejected, never kept unlabelled; a code that is not a
+    SNOMED-CT identifier (digits) is rejected wherever it appears."""
     signal, names, units, fs, comments = read_wfdb(ref.path)
     info = parse_header_comments(comments)
     codes = [c.strip() for c in info.get("dx", "").split(",") if c.strip()]
+    header = Path(ref.path).name + ".hea"
+    bad = [c for c in codes if not c.isdigit()]
+    if bad:
+        raise RecordRejected("bad_labels", f"{header}: Dx code {bad[0]!r} is not a SNOMED-CT code")
+    if require_labels and not ref.labels and not codes:
+        raise RecordRejected("missing_labels", f"{header} has no '# Dx:' diagnosis codes")
     labels = list(ref.labels) or [snomed_label(c) for c in codes]
     meta = dict(ref.meta)
     if codes:

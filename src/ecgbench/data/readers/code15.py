@@ -24,6 +24,7 @@ from ecgbench.data.readers.base import (
     RecordRejected,
     id_string,
     parse_age,
+    patient_id_string,
     read_csv_rows,
 )
 from ecgbench.errors import CorruptFileError
@@ -40,8 +41,24 @@ _LABEL_COLUMNS = {
 }
 
 
+_TRUE = ("true", "1", "1.0")
+_FALSE = ("false", "0", "0.0")
+
+
 def _true(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("true", "1", "1.0")
+    return (value or "").strip().lower() in _TRUE
+
+
+def _label_problem(exam: dict[str, str]) -> tuple[str, str] | None:
+    """A label column that is neither true nor false would silently drop (or invent) a label."""
+    for column in (*_LABEL_COLUMNS, "normal_ecg"):
+        value = (exam.get(column) or "").strip()
+        if value.lower() not in (*_TRUE, *_FALSE):
+            return (
+                "bad_labels",
+                f"exams.csv: {column} {value!r} of exam {exam['exam_id']} is not True or False",
+            )
+    return None
 
 
 def _sex(is_male: str | None) -> str | None:
@@ -99,12 +116,13 @@ class Code15Reader(CorpusReader):
                     record_id=exam_id,
                     path=str(self.root / trace_file),
                     source_path=f"{Path(trace_file).stem}/{exam_id}",
-                    patient_id=id_string(exam["patient_id"]),
+                    patient_id=patient_id_string(exam["patient_id"]),
                     labels=labels,
                     age=parse_age(exam.get("age")),
                     sex=_sex(exam.get("is_male")),
                     meta=meta,
                     extra={"row": rows_by_file[trace_file].get(exam_id)},
+                    problem=_label_problem(exam),
                 )
             )
         # Read each HDF5 file front to back.

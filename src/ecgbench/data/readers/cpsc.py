@@ -85,8 +85,17 @@ class CpscReader(CorpusReader):
             record = (row.get("Recording") or "").strip()
             if not record:
                 continue
-            classes = [row.get(c, "").strip() for c in ("First_label", "Second_label", "Third_label")]
+            classes = [(row.get(c) or "").strip() for c in ("First_label", "Second_label", "Third_label")]
             classes = [c for c in classes if c]
+            unknown = [c for c in classes if c not in CLASS_CODES]
+            problem = None
+            if unknown:
+                problem = (
+                    "bad_labels",
+                    f"{reference.name}: class {unknown[0]!r} of {record} is not one of 1-9",
+                )
+            elif not classes:
+                problem = ("missing_labels", f"{reference.name}: {record} has no class")
             path = mat_files.get(record, self.root / f"{record}.mat")
             refs.append(
                 RecordRef(
@@ -96,8 +105,9 @@ class CpscReader(CorpusReader):
                     path=str(path),
                     source_path=path.relative_to(self.root).with_suffix("").as_posix(),
                     labels=tuple(snomed_label(CLASS_CODES[c]) for c in classes if c in CLASS_CODES),
-                    meta={"cpsc_classes": [int(c) for c in classes if c.isdigit()]},
+                    meta={"cpsc_classes": [int(c) for c in classes if c in CLASS_CODES]},
                     extra={"form": "original"},
+                    problem=problem,
                 )
             )
         return refs
@@ -105,7 +115,7 @@ class CpscReader(CorpusReader):
     @staticmethod
     def load(ref: RecordRef) -> RawRecord:
         if ref.extra.get("form") == "challenge":
-            return load_challenge_record(ref)
+            return load_challenge_record(ref, require_labels=True)
         return _load_original(ref)
 
 

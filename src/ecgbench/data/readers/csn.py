@@ -47,4 +47,4 @@ class CsnReader(CorpusReader):
 
     @staticmethod
     def load(ref: RecordRef) -> RawRecord:
-        return load_challenge_record(ref)
+        return load_challenge_record(ref, require_labels=True)

@@ -16,6 +16,7 @@ from ecgbench.data.readers.base import (
     RawRecord,
     RecordRef,
     id_string,
+    patient_id_string,
     read_csv_rows,
     read_wfdb,
 )
@@ -65,9 +66,13 @@ class MimicReader(CorpusReader):
                 measurements[(id_string(row["subject_id"]), id_string(row["study_id"]))] = row
         refs = []
         for row in records:
-            subject, study = id_string(row["subject_id"]), id_string(row["study_id"])
-            measured = measurements.get((subject, study), {})
+            subject, study = patient_id_string(row["subject_id"]), id_string(row["study_id"])
+            problem = None
+            if not study.isdigit():
+                problem = ("bad_metadata", f"record_list.csv: study_id {row['study_id']!r} is not an integer")
+            measured = measurements.get((subject, study), {}) if subject is not None else {}
             meta: dict[str, Any] = {"subject_id": subject, "ecg_time": row.get("ecg_time") or None}
+            # measurements join on (subject, study); an unknown subject joins nothing
             for column in _MEASUREMENT_COLUMNS:
                 if (measured.get(column) or "").strip():
                     meta[column] = measured[column].strip()
@@ -79,9 +84,10 @@ class MimicReader(CorpusReader):
                     record_id=study,
                     path=str(self.root / relative),
                     source_path=relative,
-                    patient_id=subject,
+                    patient_id=subject,  # None when missing: the record is then its own patient
                     report=machine_report(measured),
                     meta=meta,
+                    problem=problem,
                 )
             )
         return refs

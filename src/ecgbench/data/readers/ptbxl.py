@@ -19,6 +19,7 @@ from ecgbench.data.readers.base import (
     RecordRef,
     id_string,
     parse_age,
+    patient_id_string,
     read_csv_rows,
     read_wfdb,
 )
@@ -29,21 +30,57 @@ from ecgbench.errors import UserError
 _OWN_COLUMNS = {"ecg_id", "patient_id", "age", "sex", "report", "scp_codes", "filename_lr", "filename_hr"}
 # PTB-XL writes ages above 89 as 300 (de-identification).
 _CENSORED_AGE = 300
+PTBXL_FOLDS = 10
+
+
+class MetadataProblem(ValueError):
+    """A field of a metadata row that cannot be used; the record is rejected with ``reason``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 def parse_scp_codes(text: str) -> dict[str, float]:
     """The ``scp_codes`` column: a Python dict literal such as ``{'NORM': 100.0, 'SR': 0.0}``.
 
-    Read with ``ast.literal_eval`` (literals only, never code)."""
+    Read with ``ast.literal_eval`` (literals only, never code). Every PTB-XL record has statements, so an
+    empty, truncated or malformed field is a :class:`MetadataProblem`, never an unlabelled record."""
+    shown = text if len(text) <= 60 else text[:57] + "..."
     if not text.strip():
-        return {}
+        raise MetadataProblem("missing_labels", "scp_codes is empty")
     try:
         value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return {}
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float)}
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise MetadataProblem(
+            "bad_labels", f"scp_codes {shown!r} is not a dict literal (truncated?)"
+        ) from None
+    if not isinstance(value, dict) or not value:
+        raise MetadataProblem("bad_labels", f"scp_codes {shown!r} is not a non-empty dict of statements")
+    codes: dict[str, float] = {}
+    for key, likelihood in value.items():
+        if not isinstance(key, str) or type(likelihood) not in (int, float) or not math.isfinite(likelihood):
+            raise MetadataProblem(
+                "bad_labels", f"scp_codes entry {key!r}: {likelihood!r} is not a statement with a likelihood"
+            )
+        codes[key] = float(likelihood)
+    return codes
+
+
+def parse_strat_fold(text: str | None) -> int | None:
+    """PTB-XL's ``strat_fold`` (1-10; the CSV may write it as ``3.0``); None when the column is absent."""
+    if text is None:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not number.is_integer() or not 1 <= number <= PTBXL_FOLDS:
+        raise MetadataProblem(
+            "bad_metadata", f"strat_fold {text.strip()!r} is not a fold number 1-{PTBXL_FOLDS}"
+        )
+    return int(number)
 
 
 def load_statements(path: Path) -> dict[str, dict[str, str]]:
@@ -97,9 +134,16 @@ def _meta_value(text: str) -> Any:
     return int(number) if number.is_integer() else number
 
 
-def _row_fields(row: dict[str, str], statements: dict[str, dict[str, str]]) -> dict[str, Any]:
-    """Index fields of one ``ptbxl_database.csv`` row."""
-    scp = parse_scp_codes(row.get("scp_codes", ""))
+def _row_fields(row: dict[str, str], statements: dict[str, dict[str, str]], table: str) -> dict[str, Any]:
+    """Index fields of one ``ptbxl_database.csv`` row; a field that cannot be used becomes the record's
+    ``problem`` (it is rejected, counted and listed with the table and field named)."""
+    problem = None
+    try:
+        scp = parse_scp_codes(row.get("scp_codes") or "")
+        strat_fold = parse_strat_fold(row.get("strat_fold"))
+    except MetadataProblem as exc:
+        problem = (exc.reason, f"{table}, ecg_id {row.get('ecg_id', '?')}: {exc.detail}")
+        scp, strat_fold = {}, None
     age = parse_age(row.get("age"))
     meta: dict[str, Any] = {"scp_codes": scp}
     raw_age = _meta_value(row.get("age") or "")
@@ -108,10 +152,14 @@ def _row_fields(row: dict[str, str], statements: dict[str, dict[str, str]]) -> d
     for key, value in row.items():
         if key and key not in _OWN_COLUMNS and value is not None and value.strip():
             meta[key] = _meta_value(value)
+    if strat_fold is not None:
+        meta["strat_fold"] = strat_fold
     sex = {"0": "M", "1": "F"}.get(row.get("sex", "").strip().split(".")[0])
     report = (row.get("report") or "").strip() or None
     return {
-        "patient_id": id_string(row["patient_id"]) if row.get("patient_id", "").strip() else None,
+        "problem": problem,
+        # a missing (or "nan") patient id is unknown, never a shared id
+        "patient_id": patient_id_string(row.get("patient_id")),
         "labels": tuple(scp),
         "report": english_description(scp, statements),
         "report_original": report,
@@ -160,12 +208,18 @@ class PtbXlReader(CorpusReader):
         refs = []
         for row in rows:
             relative = self._choose_file(row)
-            fields = _row_fields(row, statements)
+            fields = _row_fields(row, statements, database.name)
+            record_id = id_string(row["ecg_id"])
+            if not record_id.isdigit() and fields["problem"] is None:
+                fields["problem"] = (
+                    "bad_metadata",
+                    f"{database.name}: ecg_id {row['ecg_id']!r} is not an integer",
+                )
             refs.append(
                 RecordRef(
                     reader=self.name,
                     corpus=self.corpus,
-                    record_id=id_string(row["ecg_id"]),
+                    record_id=record_id,
                     path=str(self.root / relative),
                     source_path=relative,
                     **fields,
@@ -187,12 +241,16 @@ class PtbXlReader(CorpusReader):
         rows: dict[str, dict[str, str]] = {}
         for table in sorted(self.root.glob("ptbxl_database*.csv")):
             for row in read_csv_rows(table):
-                rows[id_string(row.get("ecg_id", ""))] = row
+                rows[id_string(row.get("ecg_id", ""))] = row | {"__table__": table.name}
         refs = []
         for header in headers:
             ecg_id = str(int(header.stem[2:])) if header.stem[2:].isdigit() else header.stem
             row = rows.get(ecg_id)
-            fields = _row_fields(row, statements) if row else {"meta": {"metadata_row": False}}
+            fields = (
+                _row_fields({k: v for k, v in row.items() if k != "__table__"}, statements, row["__table__"])
+                if row
+                else {"meta": {"metadata_row": False}}
+            )
             refs.append(
                 RecordRef(
                     reader=self.name,
@@ -200,7 +258,8 @@ class PtbXlReader(CorpusReader):
                     record_id=ecg_id,
                     path=str(header.with_suffix("")),
                     source_path=header.relative_to(self.root).with_suffix("").as_posix(),
-                    extra={"challenge": True},
+                    # without a metadata row the header's Dx codes are the labels: they must be there
+                    extra={"challenge": True, "labels_required": row is None},
                     **fields,
                 )
             )
@@ -210,6 +269,6 @@ class PtbXlReader(CorpusReader):
     def load(ref: RecordRef) -> RawRecord:
         if ref.extra.get("challenge"):
             # Labels: the SCP codes when the metadata row exists, else the header's SNOMED condition names.
-            return load_challenge_record(ref)
+            return load_challenge_record(ref, require_labels=ref.extra.get("labels_required", False))
         signal, names, units, fs, _ = read_wfdb(ref.path)
         return RawRecord.from_ref(ref, signal, names, units, fs)

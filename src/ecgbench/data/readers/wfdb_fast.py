@@ -34,7 +34,7 @@ _RECORD_LINE = re.compile(
 )
 # Base time and date as wfdb's own record-line pattern captures them (it stops at the first character
 # that fits neither, e.g. "23-Mar-2021" gives time "23" and no date; wfdb accepts that, so do we).
-_BASE_TIME_DATE = re.compile(
+BASE_TIME_DATE = re.compile(
     r"[ \t]*(?P<time>\d{,2}:?\d{,2}:?\d{,2}\.?\d{,6})[ \t]*(?P<date>\d{,2}/?\d{,2}/?\d{,4})"
 )
 # Fields of a signal line up to (not including) the description; format 16 only, one sample per frame,
@@ -56,6 +56,7 @@ class WfdbRecord:
     """A single-segment WFDB record read in physical units."""
 
     signal: np.ndarray  # (n_sig, n_samples) float64, C-contiguous
+    digital: np.ndarray  # (n_samples, n_sig) int16, as stored (for the header's checksums)
     sig_name: list[str]
     units: list[str]
     fs: float
@@ -72,12 +73,13 @@ class _Signal:
     name: str
 
 
-def read_format16(path: str) -> WfdbRecord | None:
+def read_format16(path: str, text: str | None = None) -> WfdbRecord | None:
     """The record at ``path`` (without extension) if it is a format-16 record this reader fully
     understands and its signal files are all there and long enough; None otherwise (read it with
-    wfdb then). Raises OSError only if the header itself cannot be read."""
-    # wfdb reads headers as ASCII and drops other bytes; do the same so names and units agree
-    text = Path(path + ".hea").read_bytes().decode("ascii", errors="ignore")
+    wfdb then). ``text`` is the header if already read; raises OSError only if it cannot be read."""
+    if text is None:
+        # wfdb reads headers as ASCII and drops other bytes; do the same so names and units agree
+        text = Path(path + ".hea").read_bytes().decode("ascii", errors="ignore")
     lines: list[str] = []
     comments: list[str] = []
     for line in text.splitlines():
@@ -101,6 +103,7 @@ def read_format16(path: str) -> WfdbRecord | None:
         return None
     return WfdbRecord(
         signal=_to_physical(digital, signals),
+        digital=digital,
         sig_name=[s.name for s in signals],
         units=[s.units for s in signals],
         fs=fs,
@@ -115,8 +118,8 @@ def _parse_record_line(line: str) -> tuple[int, float, int] | None:
         return None
     rest = match["rest"]
     if rest.strip():
-        when = _BASE_TIME_DATE.match(rest)
-        if when is None or not _valid_base_time_date(when["time"], when["date"]):
+        when = BASE_TIME_DATE.match(rest)
+        if when is None or not valid_base_time_date(when["time"], when["date"]):
             return None
     fs = float(match["fs"])
     if round(fs, 8) == float(int(fs)):  # wfdb rounds a rate this close to an integer to the integer
@@ -124,7 +127,7 @@ def _parse_record_line(line: str) -> tuple[int, float, int] | None:
     return int(match["n_sig"]), fs, int(match["sig_len"])
 
 
-def _valid_base_time_date(time: str, date: str) -> bool:
+def valid_base_time_date(time: str, date: str) -> bool:
     """Whether wfdb would parse the base time and date (it rejects the record otherwise)."""
     try:
         if time:

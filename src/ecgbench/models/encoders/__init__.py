@@ -43,7 +43,7 @@ def build_encoder(
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
 
     if name in VISION_ENCODERS:
-        from ecgbench.models.vision import VisionEncoder
+        from ecgbench.models.encoders.vision import VisionEncoder
 
         if checkpoint is not None and (Path(checkpoint) / CONFIG_FILE).is_file():
             return VisionEncoder.from_pretrained(checkpoint, **options)

@@ -28,13 +28,21 @@ CHECKPOINT_VERSION = 1
 class ECGEncoder(nn.Module, metaclass=ABCMeta):
     """An encoder that turns one input representation into a sequence of feature vectors.
 
-    ``features`` is the feature-extraction forward used inside ELMs: deterministic, never masked
-    (masking belongs to pretraining only). Encoders with a pretraining objective (the masked
-    autoencoders, MERL) also define ``pretrain_loss``; the vision towers have none.
+    What callers may use, for every encoder (ECG encoders and vision towers alike):
+
+    - ``features(x)``: the feature-extraction forward used inside ELMs: deterministic, never masked
+      (masking belongs to pretraining only);
+    - ``set_trainable(flag)``: whether training updates the encoder (a frozen one gets no gradients);
+    - ``pretrain_loss(x, texts=..., generator=...)``: the loss of the encoder's own pretraining objective,
+      for the encoders that have one (``objective`` names it: the masked autoencoders, MERL); the vision
+      towers have none (``objective`` is None) and their ``pretrain_loss`` is a clear error;
+    - ``save_pretrained`` / ``from_pretrained``: a checkpoint folder.
     """
 
     #: registry name written into ``encoder.json`` ("st-mem", "clip", ...)
     name: ClassVar[str] = ""
+    #: the encoder's own pretraining objective, or None when it has none (the vision towers)
+    objective: ClassVar[str | None] = None
     #: width of each feature vector returned by ``features``
     out_dim: int
     #: "signal" (B, 12, L) float, "stacked" or "image" (B, 3, H, W) float
@@ -43,6 +51,22 @@ class ECGEncoder(nn.Module, metaclass=ABCMeta):
     @abstractmethod
     def features(self, x: torch.Tensor) -> torch.Tensor:  # (B, tokens, out_dim)
         """Feature tokens of a batch, never masked."""
+
+    def set_trainable(self, trainable: bool) -> None:
+        """Let training update every parameter, or none (requires_grad on or off)."""
+        self.requires_grad_(trainable)
+
+    def pretrain_loss(
+        self,
+        x: torch.Tensor,
+        *,
+        texts: list[str] | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
+        """The scalar loss of the encoder's own pretraining objective on a batch (``texts``: one report
+        per ECG, for contrastive objectives; ``generator``: the masking randomness)."""
+        raise UserError(f"the {self.name} encoder has no pretraining objective of its own")
 
     # -- checkpoints ---------------------------------------------------------------------------
 

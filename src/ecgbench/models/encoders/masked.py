@@ -95,6 +95,7 @@ class MaskedSignalAutoencoder(ECGEncoder):
     """Masked autoencoder over a (B, leads, L) signal; subclasses choose tokens and mask groups."""
 
     representation = "signal"
+    objective = "masked reconstruction"
     tokens: ClassVar[Literal["lead_patches", "time_patches"]]
     mask_unit: ClassVar[Literal["token", "lead"]]
     lead_separators: ClassVar[bool] = False
@@ -225,7 +226,8 @@ class MaskedSignalAutoencoder(ECGEncoder):
             latent = latent[:, 2 * self.config.leads :]
 
         decoded_visible = self.decoder_embed(latent)
-        full = self.mask_token.expand(batch, n_tokens, -1).clone()
+        # in the decoder's dtype: under autocast (bf16/fp16 training) the linear output is not float32
+        full = self.mask_token.to(decoded_visible.dtype).expand(batch, n_tokens, -1).clone()
         full.scatter_(1, visible_index[..., None].expand(-1, -1, full.shape[-1]), decoded_visible)
         pos = sincos_positions(n_patches, self.config.decoder_width, device=x.device).to(full.dtype)
         if self.tokens == "lead_patches":

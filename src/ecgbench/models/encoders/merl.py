@@ -202,8 +202,14 @@ class HFTokenizer:
         self.max_length = max_length
 
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        # return_attention_mask: some tokenizers (SigLIP's) leave the mask out by default
         batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_attention_mask=True,
         )
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
@@ -262,6 +268,7 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> tor
 class MERL(ECGEncoder):
     name = "merl"
     representation = "signal"
+    objective = "ECG-report contrastive (cross-modal and uni-modal alignment)"
 
     def __init__(self, config: MERLConfig, directory: Path | None = None):
         super().__init__()

@@ -18,7 +18,7 @@ from ecgbench.data.store import SegmentStore
 
 runner = CliRunner()
 
-# GEM ECG-Grounding items (schema: see test_sets_mapping.GEM_TEST_ITEMS) about records that the bundled
+# GEM ECG-Grounding items (schema: see test_mapping.GEM_TEST_ITEMS) about records that the bundled
 # sample really holds: PTB-XL ecg_id 1, CPSC 2018 A0001, Chapman-Shaoxing JS00666.
 GEM_ITEMS = [
     {

@@ -1,4 +1,4 @@
-"""Helpers shared by the conversation-set tests (imported as `sets_helpers`)."""
+"""Helpers shared by the conversation-set tests of tests/data (imported as `sets_helpers`)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,6 @@ from ecgbench.data.conversations import (
     iter_conversations,
     mix_conversation_sets,
     read_conversation_set,
-    resolve_segments,
     set_info,
     write_conversation_set,
 )
@@ -431,7 +430,7 @@ def test_bad_sources(tmp_path: Path, write_json) -> None:
         map_source_set("ecg-qa-ptbxl", tmp_path, lookup)
 
 
-def test_write_read_mix_and_resolve(tmp_path: Path, write_json) -> None:
+def test_write_read_and_mix(tmp_path: Path, write_json) -> None:
     lookup = lookup_for(LOOKUP_RECORDS)
     chat, _ = map_source_set("ecg-instruct-45k", write_json("a.json", ECG_CHAT_ITEMS), lookup)
     gem, _ = map_source_set("ecg-grounding-test", write_json("b.json", GEM_TEST_ITEMS), lookup)
@@ -439,20 +438,13 @@ def test_write_read_mix_and_resolve(tmp_path: Path, write_json) -> None:
     back = read_conversation_set(path)
     assert back.to_pylist() == chat.to_pylist()
     assert set_info(back)["mapping"]["ecg-instruct-45k"]["mapped"] == 2
+    some = read_conversation_set(path, columns=["turns", "conversation_id"])  # a large set's reader
+    assert some.column_names == ["turns", "conversation_id"] and set_info(some) == set_info(back)
+    assert some.column("turns").to_pylist() == chat.column("turns").to_pylist()
     mixed = mix_conversation_sets([chat, gem])
     assert len(mixed) == 5 and set_info(mixed)["sources"] == ["ecg-instruct-45k", "ecg-grounding-test"]
     with pytest.raises(UserError, match="more than once"):
         mix_conversation_sets([chat, chat])
-    index = index_table([*LOOKUP_RECORDS[:1], {**LOOKUP_RECORDS[1], "segments": 2}, *LOOKUP_RECORDS[2:]])
-    records: dict[tuple[str, str], list[int]] = {}
-    for c, r, s in zip(
-        *(index.column(n).to_pylist() for n in ("corpus", "record_id", "segment_id")), strict=True
-    ):
-        records.setdefault((c, r), []).append(s)
-    segments = resolve_segments(gem, records)
-    assert segments == [[[0]], [[1, 2]], [[3]]]
-    with pytest.raises(UserError, match="not in the segment store"):
-        resolve_segments(gem, {})
 
 
 def test_read_rejects_other_files(tmp_path: Path) -> None:

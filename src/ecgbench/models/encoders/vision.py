@@ -137,6 +137,7 @@ class VisionEncoder(ECGEncoder):
         return self.family
 
     def set_trainable(self, trainable: bool) -> None:
+        """Train the tower (its parameters that the patch features use) or freeze it in eval mode."""
         self.trainable = trainable
         for param in self.tower.parameters():
             param.requires_grad_(trainable)

@@ -1,0 +1,1 @@
+"""Judging answers: preference sets for DPO from human feedback (``judge export``)."""

@@ -1,0 +1,1 @@
+"""Training: stage-1 encoder pretraining and ELM training in every paradigm, with accelerate."""

@@ -1,0 +1,90 @@
+"""``ecgbench train <paradigm>``: one command per paradigm of the table, one training loop behind them.
+
+Runs the same on one CPU, one GPU, or many under ``accelerate launch ecgbench train ...``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ecgbench.commands import SetsOption, SplitsOption, StoresOption, new_group, settings_options
+from ecgbench.console import stdout
+from ecgbench.errors import UserError
+from ecgbench.models.config import ModelSettings
+from ecgbench.settings import TrainSettings
+from ecgbench.train.paradigms import PARADIGMS
+
+app = new_group()
+
+TokenizerOption = Annotated[
+    Path | None, typer.Option("--tokenizer", help="ECG-Byte tokenizer.json (paradigm end2end)")
+]
+InitOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--init-from",
+        help="start from this ELM checkpoint or run folder (its best checkpoint), e.g. after a "
+        "projector-only stage; LoRA and the other --llm-training flags apply to the new stage",
+    ),
+]
+ResumeOption = Annotated[
+    Path | None, typer.Option("--resume", help="continue this killed or finished run folder at its last checkpoint")
+]
+OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="run folder to create")]
+
+
+def _command(name: str) -> Any:
+    summary = PARADIGMS[name].summary
+
+    @settings_options("train", "model", "seed")
+    def command(
+        store: StoresOption,
+        sets: SetsOption = None,
+        splits: SplitsOption = None,
+        tokenizer: TokenizerOption = None,
+        init_from: InitOption = None,
+        out: OutOption = None,
+        resume: ResumeOption = None,
+        *,
+        train: TrainSettings,
+        model: ModelSettings,
+        seed: int,
+    ) -> None:
+        from ecgbench.train.loop import TrainInputs, train_elm
+
+        if not sets:
+            raise UserError("give at least one --sets conversation set (from `data map`)")
+        if resume is not None and out is not None and Path(out).resolve() != Path(resume).resolve():
+            raise UserError("--resume names the run folder; drop --out or give the same folder")
+        if resume is None and out is None:
+            raise UserError("give --out RUN_DIR (or --resume RUN_DIR)")
+        result = train_elm(
+            TrainInputs(
+                paradigm=name,
+                stores=list(store),
+                sets=list(sets),
+                splits=splits,
+                tokenizer=tokenizer,
+                init_from=init_from,
+                out=Path(resume or out),  # type: ignore[arg-type]
+                resume=resume is not None,
+            ),
+            model,
+            train,
+            seed,
+        )
+        best = "none" if result.best_val_loss is None else f"{result.best_val_loss:.4f} at step {result.best_step}"
+        stdout.print(f"trained {result.steps} steps; best val loss {best}")
+        if result.skipped:
+            stdout.print(f"{result.skipped} conversations were skipped (see the log above)")
+        stdout.print(f"run folder: {result.out}")
+
+    command.__doc__ = f"Train an ELM: {summary}."
+    return command
+
+
+for _name in PARADIGMS:
+    app.command(_name)(_command(_name))
