@@ -244,7 +244,7 @@ def test_a_killed_generate_resumes_without_answering_a_finished_question_again(
     assert set(finished) <= set(after)  # the lines written before the kill, byte for byte
     keys = [(r["conversation_id"], r["turn"]) for r in map(json.loads, after)]
     assert keys == runs.test_questions() and len(set(keys)) == total
-    # and they are the answers an uninterrupted run gives (greedy, whatever the batch)
+    # and they are the answers an uninterrupted run gives (greedy)
     whole = runs.generated("K-whole", "--max-new-tokens", "48", "--batch-size", "1", modes=("real",))
     uninterrupted = rows(whole / "real" / "predictions.jsonl")
     assert rows(predictions) == uninterrupted
