@@ -504,6 +504,11 @@ BAD: dict[str, tuple[str, Callable[[TrainData, Path, Any], dict[str, Any]], str]
         lambda d, t, f: {"--max-length": 48},
         "does not fit in max_length=48",
     ),
+    "tracker without its package": (
+        "end2end",
+        lambda d, t, f: {"--report-to": "wandb"},
+        "--report-to wandb needs the wandb package",
+    ),
     "out holds files": ("end2end", lambda d, t, f: {}, "already holds files"),
     "nothing to train": (
         "end2end",

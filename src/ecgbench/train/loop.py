@@ -396,6 +396,19 @@ class TrainResult:
     skipped: int
 
 
+
+def _check_tracker(report_to: str) -> None:
+    """Refuse a tracker whose package is missing: accelerate would only warn and log nothing."""
+    import importlib.util
+
+    packages = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}.get(report_to, ())
+    if packages and not any(importlib.util.find_spec(name) for name in packages):
+        raise UserError(
+            f"--report-to {report_to} needs the {packages[0]} package (pip install {packages[0]}),"
+            " or pass --report-to none"
+        )
+
+
 def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, seed: int) -> TrainResult:
     """Run (or resume) one ELM training run; see the module notes."""
     from accelerate.utils import set_seed
@@ -422,11 +435,7 @@ def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, s
     tokenizer = _check_tokenizer(inputs.tokenizer, p, seg_len)
     config = _elm_config(inputs, p, model, seed, seg_len, fs)
     _check_encoder_checkpoint(model, p, config.encoder)
-    if train.report_to == "wandb":
-        import importlib.util
-
-        if importlib.util.find_spec("wandb") is None:
-            raise UserError("--report-to wandb needs the wandb package (pip install wandb)")
+    _check_tracker(train.report_to)
     if config.architecture == "token" and config.llm_training == "frozen" and not config.train_new_embeddings:
         raise UserError("nothing would train: --llm-training frozen with --no-train-new-embeddings")
     record = _run_record(inputs, model, train, seed, config)
