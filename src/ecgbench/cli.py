@@ -41,11 +41,11 @@ GROUPS: dict[str, tuple[str, str]] = {
         "Offline model assets: real vocabularies and SmolLM2 weights.",
     ),
     "encoder": ("ecgbench.train.encoder_cli:app", "Stage-1 ECG and vision encoders: train, embed."),
-    "train": ("ecgbench.train.cli:app", "Train ELMs in every paradigm (end2end, llava, ..., encoder-free)."),
+    "train": ("ecgbench.train.cli:app", "Train ELMs in every paradigm (end2end, llava, ..., encoder-free), then DPO."),
     "infer": ("ecgbench.infer.cli:app", "Generate answers, evaluate them, compare runs, report."),
-    "judge": ("ecgbench.judge.cli:app", "Preference sets for DPO from the demo's feedback: export."),
+    "judge": ("ecgbench.judge.cli:app", "Preference sets for DPO: model judges (compare, rank), export."),
     "demo": ("ecgbench.demo.cli:demo_command", "Chat with ELMs about an ECG in a local page; rate answers."),
-    "run": ("ecgbench.run:run_recipe", "Run a whole experiment recipe, stage after stage."),
+    "run": ("ecgbench.run:run_recipe", "Run an experiment recipe or grid, each stage cached by its inputs and settings."),
 }
 
 

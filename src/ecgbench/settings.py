@@ -201,13 +201,15 @@ class EncoderTrainSettings(OptimizationSettings):
     batch_size: int = Field(64, ge=1, description="segments per batch on each device")
 
 
-class TrainSettings(OptimizationSettings):
-    """ELM training (`train <paradigm>`): data, batches, checkpoints, logging."""
+class LoopSettings(OptimizationSettings):
+    """The ELM optimizer loop (supervised and DPO): batches, checkpoints, logging."""
 
     batch_size: int = Field(8, ge=1, description="conversations per micro-batch on each device")
     max_length: int = Field(1024, ge=16, description="tokens per conversation (ECG runs shrink first)")
     max_grad_norm: float = Field(1.0, ge=0.0, description="clip gradients to this global norm (0 = off)")
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final learning rate / peak (cosine, linear)")
+    min_lr_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="final learning rate / peak (cosine, linear)"
+    )
     save_every: int = Field(
         0, ge=0, description="optimizer updates between resumable checkpoints (0 = at each evaluation)"
     )
@@ -223,12 +225,53 @@ class TrainSettings(OptimizationSettings):
     report_to: Literal["tensorboard", "wandb", "none"] = Field(
         "tensorboard", description="experiment tracker (metrics.jsonl is always written)"
     )
+
+
+class TrainSettings(LoopSettings):
+    """ELM training (`train <paradigm>`): data, batches, checkpoints, logging."""
+
     val_max_conversations: int | None = Field(
         None, ge=1, description="evaluate on at most this many val conversations (default: all)"
     )
     set_weights: list[float] | None = Field(
         None, description="mixing weight of each --sets, in order (default: 1 each)"
     )
+    rag: Path | None = Field(
+        None,
+        description="RAG index folder (`data rag build`): reports of similar ECGs of other patients go into "
+        "each conversation (default: none)",
+    )
+    rag_k: int = Field(3, ge=1, le=50, description="retrieved records per ECG (with --rag)")
+    rag_placement: Literal["system", "user"] = Field(
+        "system",
+        description="where retrieved reports go: the system prompt or the first user turn (with --rag)",
+    )
+
+
+class DPOSettings(LoopSettings):
+    """Preference optimisation of a trained ELM (`train dpo`); loss names and defaults as trl's."""
+
+    lr: float = Field(1e-6, gt=0.0, description="peak learning rate")
+    batch_size: int = Field(4, ge=1, description="preference pairs per micro-batch on each device")
+    beta: float = Field(0.1, gt=0.0, description="strength of the pull towards the reference model")
+    loss: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        "sigmoid", description="DPO loss (trl's names)"
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="assumed share of flipped preference labels (--loss robust)"
+    )
+    eval_split: Literal["train", "val", "test"] = Field(
+        "test", description="the evaluation split: pairs about its records are refused"
+    )
+
+    @field_validator("eval_split")
+    @classmethod
+    def _not_trained_on(cls, value: str, info: ValidationInfo) -> str:
+        if value in (info.data.get("train_split"), info.data.get("val_split")):
+            raise ValueError(
+                "must differ from --train-split and --val-split: DPO never sees the evaluation split"
+            )
+        return value
 
 
 class InferSettings(_Group):
@@ -250,6 +293,13 @@ class InferSettings(_Group):
         None, ge=16, description="longest prompt in tokens; ECG runs shrink first (default: no limit)"
     )
     system_prompt: str | None = Field(None, description="system prompt of every conversation (default: none)")
+    rag: Path | None = Field(
+        None, description="RAG index folder (default: the one the run was trained with, if any)"
+    )
+    rag_k: int | None = Field(None, ge=1, le=50, description="retrieved records per ECG (default: the run's)")
+    rag_placement: Literal["system", "user"] | None = Field(
+        None, description="where retrieved reports go: system or user (default: the run's)"
+    )
     profile: Literal["ecgbench", "peer"] = Field(
         "ecgbench", description="metric settings: ecgbench, or the peer's published ones (comparable numbers)"
     )
@@ -268,6 +318,18 @@ class InferSettings(_Group):
         return value
 
 
+class JudgeSettings(_Group):
+    """Model judges of answer pairs (`judge compare | rank`)."""
+
+    on_disagreement: Literal["tie", "drop"] = Field(
+        "tie", description="when the two answer orders get different verdicts: count a tie, or drop the item"
+    )
+    batch_size: int = Field(8, ge=1, description="prompts the llm: and reward: judges read together")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="device of the llm: and reward: judges (auto: cuda when there is one)"
+    )
+
+
 class Settings(BaseModel):
     """Every setting: top-level fields and one group per command family (a ``[group]`` table in TOML)."""
 
@@ -280,7 +342,9 @@ class Settings(BaseModel):
     model: ModelSettings = Field(default_factory=ModelSettings)
     encoder: EncoderTrainSettings = Field(default_factory=EncoderTrainSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    dpo: DPOSettings = Field(default_factory=DPOSettings)
     infer: InferSettings = Field(default_factory=InferSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
 
 @functools.cache

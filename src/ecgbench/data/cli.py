@@ -12,6 +12,7 @@ import typer
 from ecgbench.commands import help_names, new_group, out_option, settings_options
 from ecgbench.console import console, stdout
 from ecgbench.data import cli_sets
+from ecgbench.rag import cli as rag_cli
 from ecgbench.settings import DataSettings
 
 data_app = new_group()
@@ -123,3 +124,4 @@ def verify_command(
 
 
 data_app.add_typer(cli_sets.app)  # map, split, sample, stats, plot
+data_app.add_typer(rag_cli.app, name="rag")  # rag build | query

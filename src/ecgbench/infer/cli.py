@@ -54,6 +54,9 @@ def _checkpoint_dir(path: Path) -> tuple[Path, dict[str, Any] | None]:
     "infer.top_k",
     "infer.max_length",
     "infer.system_prompt",
+    "infer.rag",
+    "infer.rag_k",
+    "infer.rag_placement",
     "seed",
 )
 def generate_command(
@@ -117,6 +120,21 @@ def generate_command(
         seed=seed,
     )
     checkpoint_id = f"{directory.resolve()}#{sha256_file(directory / CONFIG_FILE)[:16]}"
+    from ecgbench.rag.retrieval import inference_retrieval, run_of_checkpoint
+
+    retrieval = inference_retrieval(
+        run if run is not None else run_of_checkpoint(directory),
+        rag=infer.rag,
+        k=infer.rag_k,
+        placement=infer.rag_placement,
+        stores=dataset.records.stores,
+        splits_path=splits,
+        split=infer.split,
+    )
+    elm.processor.retrieval = retrieval
+    if retrieval is not None:  # retrieval changes the answers: a resumed file must not mix runs
+        rag = retrieval.record()
+        checkpoint_id += f"+rag#{rag['manifest_sha256'][:16]}:k{rag['k']}:{rag['placement']}"
     for mode in dict.fromkeys(infer.ecg):
         target = out / mode
         with Progress(

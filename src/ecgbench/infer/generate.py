@@ -249,7 +249,9 @@ def generate_predictions(
             turns, ecgs = replace_ecgs(ecg_mode, item.turns, item.ecgs, other=other, rng=rng)
             history = turns[: q.turn]
             n_ecgs = sum(t["content"].count(ECG_PLACEHOLDER) for t in history if t["role"] == "user")
-            prompt = processor.prepare_prompt(history, ecgs[:n_ecgs], max_length=max_length, system=system)
+            prompt = processor.prepare_prompt(
+                history, ecgs[:n_ecgs], max_length=max_length, system=system, refs=item.ecg_refs
+            )
             row = prediction_row(item, q.turn, ecg_mode, decoding.record(), checkpoint_id)
             prepared.append((q, prompt, row))
             if len(prepared) == batch_size:

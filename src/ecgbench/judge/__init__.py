@@ -1,1 +1,2 @@
-"""Judging answers: preference sets for DPO from human feedback (``judge export``)."""
+"""Judging answers: preference sets for DPO from model judges (``judge compare | rank``) and from human
+feedback in the demo (``judge export``)."""

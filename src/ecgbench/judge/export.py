@@ -17,14 +17,17 @@ ecg_refs           list<list<string>>             [[corpus, record_id]] of a sto
 ecg_source         string (JSON)                  the upload's files and hashes, or the store segment
 chosen_model       string                         checkpoint id, or ``human`` for a corrected answer
 rejected_model     string                         checkpoint id
-judge              string                         ``human`` (model judges come with ``judge compare``)
-judge_version      string                         what recorded the judgement (``ecgbench 0.x``)
+judge              string                         ``human``, or the model judge's id (``reference:rouge-l``,
+                                                  ``llm:MODEL``, ``reward:MODEL``: ``judge compare | rank``)
+judge_version      string                         what recorded the judgement (``ecgbench 0.x``), or the
+                                                  judge's prompt / method version
 score_chosen       float64                        the judge's score of each answer (1 better, 0 worse;
 score_rejected     float64                        a rated answer: 1 up, 0 down)
 kind               string                         ``preference`` (A/B pick) or ``correction``
 feedback_id        string                         the feedback line it came from
 timestamp          string                         when it was judged (UTC, ISO 8601)
-decoding           string (JSON)                  how the answers were decoded
+decoding           string (JSON)                  how the answers were decoded (``judge compare | rank``:
+                                                  ``{"chosen": {...}, "rejected": {...}}``)
 =================  =============================  ===================================================
 
 From a demo feedback log: a side-by-side pick gives (picked, other); a tie gives no pair. A rating with a

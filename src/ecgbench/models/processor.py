@@ -65,6 +65,10 @@ def check_signals(ecgs: Sequence[np.ndarray] | np.ndarray, length: int | None) -
 class ELMProcessor:
     """Turns (turns, ECG arrays) into examples (dicts of ids, labels, mask and ECG input) and batches."""
 
+    #: retrieved context (``ecgbench.rag.retrieval.Retrieval``, set by ``--rag``): inserted by both
+    #: ``prepare_example`` and ``prepare_prompt``, so training and inference see it alike
+    retrieval: Any = None
+
     def __init__(
         self,
         config: ELMConfig,
@@ -204,8 +208,12 @@ class ELMProcessor:
         max_length: int,
         system: str | None = None,
         min_ecg_tokens: int | None = None,
+        refs: Sequence[Any] | None = None,
     ) -> dict[str, Any]:
-        """One training example: ids, attention mask, labels (assistant spans only) and ECG inputs."""
+        """One training example: ids, attention mask, labels (assistant spans only) and ECG inputs.
+        ``refs`` (the ECGs' records) are needed with :attr:`retrieval`, to exclude them."""
+        if self.retrieval is not None:
+            turns, system = self.retrieval.apply(turns, system, ecgs, refs)
         checked = self._checked_turns(turns, ecgs)
         encoded = tokenize_conversation(
             self.tokenizer,
@@ -228,8 +236,11 @@ class ELMProcessor:
         *,
         max_length: int | None = None,
         system: str | None = None,
+        refs: Sequence[Any] | None = None,
     ) -> dict[str, Any]:
         """A generation prompt (turns ending with a user turn) ready for ``collate(..., "left")``."""
+        if self.retrieval is not None:
+            turns, system = self.retrieval.apply(turns, system, ecgs, refs)
         checked = self._checked_turns(turns, ecgs)
         kwargs: dict[str, Any] = {
             "ecg_token_ids": self.ecg_token_ids(ecgs),

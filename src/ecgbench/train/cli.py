@@ -14,7 +14,7 @@ from ecgbench.commands import SetsOption, SplitsOption, StoresOption, new_group,
 from ecgbench.console import stdout
 from ecgbench.errors import UserError
 from ecgbench.models.config import ModelSettings
-from ecgbench.settings import TrainSettings
+from ecgbench.settings import DPOSettings, TrainSettings
 from ecgbench.train.paradigms import PARADIGMS
 
 app = new_group()
@@ -31,9 +31,18 @@ InitOption = Annotated[
     ),
 ]
 ResumeOption = Annotated[
-    Path | None, typer.Option("--resume", help="continue this killed or finished run folder at its last checkpoint")
+    Path | None,
+    typer.Option("--resume", help="continue this killed or finished run folder at its last checkpoint"),
 ]
 OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="run folder to create")]
+
+
+def _run_folder(out: Path | None, resume: Path | None) -> Path:
+    if resume is not None and out is not None and Path(out).resolve() != Path(resume).resolve():
+        raise UserError("--resume names the run folder; drop --out or give the same folder")
+    if resume is None and out is None:
+        raise UserError("give --out RUN_DIR (or --resume RUN_DIR)")
+    return Path(resume or out)  # type: ignore[arg-type]
 
 
 def _command(name: str) -> Any:
@@ -57,10 +66,7 @@ def _command(name: str) -> Any:
 
         if not sets:
             raise UserError("give at least one --sets conversation set (from `data map`)")
-        if resume is not None and out is not None and Path(out).resolve() != Path(resume).resolve():
-            raise UserError("--resume names the run folder; drop --out or give the same folder")
-        if resume is None and out is None:
-            raise UserError("give --out RUN_DIR (or --resume RUN_DIR)")
+        folder = _run_folder(out, resume)
         result = train_elm(
             TrainInputs(
                 paradigm=name,
@@ -69,14 +75,18 @@ def _command(name: str) -> Any:
                 splits=splits,
                 tokenizer=tokenizer,
                 init_from=init_from,
-                out=Path(resume or out),  # type: ignore[arg-type]
+                out=folder,
                 resume=resume is not None,
             ),
             model,
             train,
             seed,
         )
-        best = "none" if result.best_val_loss is None else f"{result.best_val_loss:.4f} at step {result.best_step}"
+        best = (
+            "none"
+            if result.best_val_loss is None
+            else f"{result.best_val_loss:.4f} at step {result.best_step}"
+        )
         stdout.print(f"trained {result.steps} steps; best val loss {best}")
         if result.skipped:
             stdout.print(f"{result.skipped} conversations were skipped (see the log above)")
@@ -88,3 +98,56 @@ def _command(name: str) -> Any:
 
 for _name in PARADIGMS:
     app.command(_name)(_command(_name))
+
+
+@app.command("dpo")
+@settings_options("dpo", "seed")
+def dpo_command(
+    checkpoint: Annotated[
+        Path,
+        typer.Option("--checkpoint", help="the trained ELM: a `train` run folder (its best) or a checkpoint"),
+    ],
+    preferences: Annotated[
+        Path, typer.Option("--preferences", help="preference set (.parquet) from `judge compare|rank|export`")
+    ],
+    store: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--store",
+            metavar="<path>",
+            help="segment store(s) of the pairs' ECGs (default: the checkpoint's run's)",
+        ),
+    ] = None,
+    splits: Annotated[
+        Path | None,
+        typer.Option("--splits", help="record splits from `data split` (default: the checkpoint's run's)"),
+    ] = None,
+    out: OutOption = None,
+    resume: ResumeOption = None,
+    *,
+    dpo: DPOSettings,
+    seed: int,
+) -> None:
+    """Preference-optimise a trained ELM (DPO) on pairs of its train split, with a frozen reference."""
+    from ecgbench.train.dpo import DPOInputs, train_dpo
+
+    folder = _run_folder(out, resume)
+    result = train_dpo(
+        DPOInputs(
+            checkpoint=checkpoint,
+            preferences=preferences,
+            out=folder,
+            stores=list(store) if store else None,
+            splits=splits,
+            resume=resume is not None,
+        ),
+        dpo,
+        seed,
+    )
+    best = (
+        "none" if result.best_val_loss is None else f"{result.best_val_loss:.4f} at step {result.best_step}"
+    )
+    stdout.print(f"trained {result.steps} DPO steps; best val loss {best}")
+    if result.skipped:
+        stdout.print(f"{result.skipped} pairs were skipped (see the log above)")
+    stdout.print(f"run folder: {result.out}")

@@ -13,6 +13,10 @@ The loop a reader should be able to hold in their head:
 5. resumable checkpoints hold only what trains plus the training state; ``--resume`` continues the
    same batch stream at the same update with the same RNG state.
 
+Steps 3 to 5 are :func:`optimize`, driven by an :class:`Objective`: ``LanguageModelling`` (answer-token
+cross-entropy) for the paradigms, ``train.dpo.PreferenceObjective`` (preference pairs) for DPO; each is a
+sum over its units (answer tokens, pairs) divided by the units of the accumulated global batch.
+
 Data order depends only on (seed, epoch): each epoch's global micro-batches are drawn, grouped by
 length, from a generator seeded with both, and process r takes the r-th slice of each, so a run on P
 processes sees the same global batches as one process with a P times larger batch.
@@ -27,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -40,7 +44,7 @@ from ecgbench.models.chat import IGNORE_INDEX, ConversationError
 from ecgbench.models.checkpoint import STAGE_FIELDS
 from ecgbench.models.config import ELMConfig, ModelSettings
 from ecgbench.models.processor import ELMProcessor
-from ecgbench.settings import TrainSettings
+from ecgbench.settings import LoopSettings, TrainSettings
 from ecgbench.train import run_dir as rd
 from ecgbench.train import state as st
 from ecgbench.train.devices import make_accelerator
@@ -77,6 +81,7 @@ class ExampleDataset(torch.utils.data.Dataset):
         self.processor = processor
         self.max_length = max_length
         self.system = system
+        self.collator = Collator(processor)
 
     def __len__(self) -> int:
         return len(self.conversations)
@@ -85,7 +90,7 @@ class ExampleDataset(torch.utils.data.Dataset):
         item = self.conversations[i]
         try:
             example = self.processor.prepare_example(
-                item.turns, item.ecgs, max_length=self.max_length, system=self.system
+                item.turns, item.ecgs, max_length=self.max_length, system=self.system, refs=item.ecg_refs
             )
         except ConversationError as exc:  # counted and reported by the loop, never silently dropped
             return {"skip": f"{item.conversation_id}: {exc}"}
@@ -181,7 +186,8 @@ class BatchStream(torch.utils.data.Sampler):
                     update += 1
 
 
-def _loader(dataset: ExampleDataset, sampler: torch.utils.data.Sampler, workers: int) -> Any:
+def _loader(dataset: Any, sampler: Any, workers: int) -> Any:
+    """Batches of ``dataset`` (an example dataset with its ``collator``) in ``sampler``'s order."""
     kwargs: dict[str, Any] = {}
     if workers:
         # spawn, not fork: the Rust tokenizer's thread pool and torch's threads do not survive a fork
@@ -192,7 +198,7 @@ def _loader(dataset: ExampleDataset, sampler: torch.utils.data.Sampler, workers:
         dataset,
         batch_sampler=sampler,
         num_workers=workers,
-        collate_fn=Collator(dataset.processor),
+        collate_fn=dataset.collator,
         generator=torch.Generator().manual_seed(0),
         **kwargs,
     )
@@ -217,7 +223,9 @@ def _check_tokenizer(tokenizer_path: Path | None, p: Paradigm, seg_len: int) -> 
             raise UserError(f"paradigm {p.name} reads no ECG-Byte tokens; drop --tokenizer")
         return None
     if tokenizer_path is None:
-        raise UserError("paradigm end2end needs --tokenizer tokenizer.json (train one with `tokenizer train`)")
+        raise UserError(
+            "paradigm end2end needs --tokenizer tokenizer.json (train one with `tokenizer train`)"
+        )
     from ecgbench.tokenizer import ECGByteTokenizer
 
     tokenizer = ECGByteTokenizer.load(tokenizer_path)
@@ -269,25 +277,40 @@ def _run_record(
             if inputs.tokenizer is None
             else {str(inputs.tokenizer.resolve()): _sha(inputs.tokenizer)},
             "init_from": None if inputs.init_from is None else str(inputs.init_from.resolve()),
+            "rag_index": None
+            if getattr(train, "rag", None) is None
+            else {str(Path(train.rag).resolve()): _sha(Path(train.rag) / "manifest.json")},
         },
         "elm_config": config.model_dump(mode="json"),
     }
 
 
+def _retrieval(train: TrainSettings, records: RecordIndex, splits: Path | None) -> Any:
+    """The --rag retrieval step (None without --rag), checked against the stores and splits."""
+    if train.rag is None:
+        given = {"rag_k", "rag_placement"} & train.model_fields_set
+        if given:
+            raise UserError(f"--{sorted(given)[0].replace('_', '-')} needs --rag INDEX_DIR")
+        return None
+    from ecgbench.rag.retrieval import Retrieval
+
+    retrieval = Retrieval(Path(train.rag), records.stores, k=train.rag_k, placement=train.rag_placement)
+    retrieval.check_splits(splits, sorted({"test", train.val_split} - {train.train_split}))
+    return retrieval
+
+
 def _same_run(previous: dict[str, Any], current: dict[str, Any]) -> None:
     """--resume only continues the run that was started: same paradigm, settings and inputs."""
-    differences = [
-        key
-        for key in ("paradigm", "settings", "inputs")
-        if previous.get(key) != current.get(key)
-    ]
+    differences = [key for key in ("paradigm", "settings", "inputs") if previous.get(key) != current.get(key)]
     if differences:
         detail = []
-        for group in ("model", "train"):
-            old, new = previous["settings"].get(group, {}), current["settings"][group]
-            detail += [f"{group}.{k}" for k in new if old.get(k) != new[k]]
-        if previous["settings"].get("seed") != current["settings"]["seed"]:
-            detail.append("seed")
+        for group, new in current["settings"].items():
+            old = previous["settings"].get(group)
+            if isinstance(new, dict):
+                old = old if isinstance(old, dict) else {}
+                detail += [f"{group}.{k}" for k in new if old.get(k) != new[k]]
+            elif old != new:
+                detail.append(group)
         what = ", ".join(detail) if detail else ", ".join(differences)
         raise UserError(f"--resume: this run was made with other settings or inputs ({what})")
 
@@ -331,7 +354,8 @@ def _build_model(inputs: TrainInputs, config: ELMConfig, tokenizer: Any, p: Para
         )
     if (saved.signal_length, saved.fs) != (config.signal_length, config.fs):
         raise UserError(
-            f"--init-from {inputs.init_from} reads {saved.signal_length} samples at {saved.fs:g} Hz; the store "
+            f"--init-from {inputs.init_from} reads {saved.signal_length} samples at {saved.fs:g} Hz; "
+            "the store "
             f"holds {config.signal_length} at {config.fs:g} Hz"
         )
     _check_same_front_end(inputs, source, saved, config, tokenizer)
@@ -342,7 +366,15 @@ def _build_model(inputs: TrainInputs, config: ELMConfig, tokenizer: Any, p: Para
 
 
 #: config fields the weights of a checkpoint were built on: a later stage cannot change them
-_FIXED_FIELDS = ("llm", "representation", "encoder", "projector", "num_soft_tokens", "patch_size", "image_size")
+_FIXED_FIELDS = (
+    "llm",
+    "representation",
+    "encoder",
+    "projector",
+    "num_soft_tokens",
+    "patch_size",
+    "image_size",
+)
 
 
 def _check_same_front_end(
@@ -396,7 +428,6 @@ class TrainResult:
     skipped: int
 
 
-
 def _check_tracker(report_to: str) -> None:
     """Refuse a tracker whose package is missing: accelerate would only warn and log nothing."""
     import importlib.util
@@ -409,29 +440,71 @@ def _check_tracker(report_to: str) -> None:
         )
 
 
-def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, seed: int) -> TrainResult:
-    """Run (or resume) one ELM training run; see the module notes."""
-    from accelerate.utils import set_seed
-
-    from ecgbench.models.checkpoint import load_trained_parts, save_elm
-    from ecgbench.train.optim import build_optimizer, build_scheduler
-
-    p = paradigm(inputs.paradigm)
-    out = Path(inputs.out)
-    check_output(out, "--out", [*inputs.stores, *inputs.sets, inputs.splits, inputs.tokenizer])
-    if inputs.resume:
+def check_run_folder(out: Path, resume: bool, reads: list[Path | None]) -> dict[str, Any] | None:
+    """The run folder is new (or empty), or ``--resume`` names a run with a finished checkpoint."""
+    check_output(out, "--out", reads)
+    if resume:
         previous = rd.read_run(out)
         if not rd.checkpoints(out):
-            raise UserError(f"--resume: {out} has no finished checkpoint yet; start it again without --resume")
-    elif out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {out} already holds files; give --resume to continue that run, or a new folder")
+            raise UserError(
+                f"--resume: {out} has no finished checkpoint yet; start it again without --resume"
+            )
+        return previous
+    if out.exists() and any(out.iterdir()):
+        raise UserError(
+            f"--out {out} already holds files; give --resume to continue that run, or a new folder"
+        )
+    return None
+
+
+def start_accelerator(settings: LoopSettings, out: Path, seed: int) -> Any:
+    """The accelerator of a run (its tracker logs under ``out``), with every RNG seeded."""
+    from accelerate.utils import set_seed
+
+    accelerator = make_accelerator(
+        settings.mixed_precision,
+        log_with=None if settings.report_to == "none" else settings.report_to,
+        project_dir=str(out),
+    )
+    set_seed(seed, deterministic=settings.deterministic)
+    if settings.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+    return accelerator
+
+
+def updates_in_an_epoch(examples: int, what: str, settings: LoopSettings, processes: int) -> int:
+    """Optimizer updates per pass over ``examples`` training examples; at least one, or a clear error."""
+    updates = examples // (settings.batch_size * processes) // settings.grad_accum
+    if updates == 0:
+        raise UserError(
+            f"{examples} {what} are fewer than one optimizer update (--batch-size {settings.batch_size} "
+            f"x --grad-accum {settings.grad_accum} x {processes} process(es))"
+        )
+    return updates
+
+
+def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, seed: int) -> TrainResult:
+    """Run (or resume) one supervised ELM training run; see the module notes."""
+    p = paradigm(inputs.paradigm)
+    out = Path(inputs.out)
+    previous = check_run_folder(
+        out, inputs.resume, [*inputs.stores, *inputs.sets, inputs.splits, inputs.tokenizer]
+    )
 
     records = RecordIndex.open(inputs.stores)
+    retrieval = _retrieval(train, records, inputs.splits)
     seg_len, fs = records.check_shapes()
     train_set = ConversationDataset(
-        inputs.sets, records, split=train.train_split, splits=inputs.splits, weights=train.set_weights, seed=seed
+        inputs.sets,
+        records,
+        split=train.train_split,
+        splits=inputs.splits,
+        weights=train.set_weights,
+        seed=seed,
     )
-    val_set = ConversationDataset(inputs.sets, records, split=train.val_split, splits=inputs.splits, seed=seed)
+    val_set = ConversationDataset(
+        inputs.sets, records, split=train.val_split, splits=inputs.splits, seed=seed
+    )
     tokenizer = _check_tokenizer(inputs.tokenizer, p, seg_len)
     config = _elm_config(inputs, p, model, seed, seg_len, fs)
     _check_encoder_checkpoint(model, p, config.encoder)
@@ -439,30 +512,18 @@ def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, s
     if config.architecture == "token" and config.llm_training == "frozen" and not config.train_new_embeddings:
         raise UserError("nothing would train: --llm-training frozen with --no-train-new-embeddings")
     record = _run_record(inputs, model, train, seed, config)
-    if inputs.resume:
+    if previous is not None:
         _same_run(previous, record)
 
-    accelerator = make_accelerator(
-        train.mixed_precision,
-        log_with=None if train.report_to == "none" else train.report_to,
-        project_dir=str(out),
+    accelerator = start_accelerator(train, out, seed)
+    updates_per_epoch = updates_in_an_epoch(
+        len(train_set), f"{train.train_split} split conversations", train, accelerator.num_processes
     )
-    set_seed(seed, deterministic=train.deterministic)
-    if train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
-    main = accelerator.is_main_process
-    P, rank = accelerator.num_processes, accelerator.process_index
-    updates_per_epoch = len(train_set) // (train.batch_size * P) // train.grad_accum
-    if updates_per_epoch == 0:
-        raise UserError(
-            f"the {train.train_split} split has {len(train_set)} conversations, fewer than one optimizer "
-            f"update (--batch-size {train.batch_size} x --grad-accum {train.grad_accum} x {P} process(es))"
-        )
 
     elm = _build_model(inputs, config, tokenizer, p)
-    config = elm.config
     processor = elm.processor
-    soft = processor.soft_tokens_per_ecg or (config.signal_length * 12 / 4.0)  # ECG-Byte: ~4x compression
+    processor.retrieval = retrieval  # the same context in every example (and, from run.json, in inference)
+    soft = processor.soft_tokens_per_ecg or (elm.config.signal_length * 12 / 4.0)  # ECG-Byte: ~4x compression
     train_examples = ExampleDataset(train_set, processor, train.max_length, train.system_prompt)
     val_examples = ExampleDataset(val_set, processor, train.max_length, train.system_prompt)
     if train.val_max_conversations is not None and len(val_set) > train.val_max_conversations:
@@ -470,8 +531,96 @@ def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, s
     train_lengths = train_set.length_proxy(soft)
     _check_lengths(train_examples, train_lengths, "training")
     _check_lengths(val_examples, val_set.length_proxy(soft), "validation")
-    total = train.max_steps or train.epochs * updates_per_epoch
+    return optimize(
+        Job(
+            out=out,
+            resume=inputs.resume,
+            record={**record, "elm_config": elm.config.model_dump(mode="json")},
+            data_info={"train": train_set.info(), "val": val_set.info()},
+            elm=elm,
+            objective=LanguageModelling(),
+            train_examples=train_examples,
+            train_lengths=train_lengths,
+            val_examples=val_examples,
+            settings=train,
+            seed=seed,
+            total=train.max_steps or train.epochs * updates_per_epoch,
+            updates_per_epoch=updates_per_epoch,
+            tracker_config={"paradigm": p.name, "lr": train.lr, "batch_size": train.batch_size, "seed": seed},
+        ),
+        accelerator,
+    )
 
+
+# ------------------------------------------------------------------------------------ the optimizer loop
+
+
+class Objective(Protocol):
+    """What one training run minimises; the loop around it (batches, accumulation, checkpoints, resume,
+    validation, early stopping) is the same for every objective."""
+
+    def units(self, batch: dict[str, Any]) -> int:
+        """What the loss of a micro-batch is a sum over (answer tokens, preference pairs)."""
+        ...
+
+    def train_loss(self, model: Any, batch: dict[str, Any], n_global: float) -> torch.Tensor:
+        """This micro-batch's summed loss divided by ``n_global``, the units of the whole update."""
+        ...
+
+    def val_sums(self, model: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Summed validation figures of a batch; ``loss`` first. Each is divided by the units in the end."""
+        ...
+
+
+class LanguageModelling:
+    """Supervised fine-tuning: cross-entropy of the answer tokens (the labels)."""
+
+    def units(self, batch: dict[str, Any]) -> int:
+        return answer_tokens(batch)
+
+    def train_loss(self, model: Any, batch: dict[str, Any], n_global: float) -> torch.Tensor:
+        return model(batch, num_items_in_batch=n_global).loss
+
+    def val_sums(self, model: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {"loss": model(batch, num_items_in_batch=1).loss}  # the sum over answer tokens
+
+
+@dataclass
+class Job:
+    """One run of the optimizer loop: the model, what it minimises, on which examples, how, and where."""
+
+    out: Path
+    resume: bool
+    record: dict[str, Any]  # the run.json fields the command decides (format, settings, inputs, ELM config)
+    data_info: dict[str, Any]
+    elm: Any
+    objective: Objective
+    train_examples: Any  # a dataset of examples with its .collator
+    train_lengths: np.ndarray
+    val_examples: Any
+    settings: LoopSettings
+    seed: int
+    total: int
+    updates_per_epoch: int
+    tracker_config: dict[str, Any]
+
+
+def optimize(job: Job, accelerator: Any) -> TrainResult:
+    """Train ``job.elm`` on ``job.objective`` to ``job.total`` updates (or resume at the last checkpoint)."""
+    from ecgbench.models.checkpoint import load_trained_parts, save_elm
+    from ecgbench.train.optim import build_optimizer, build_scheduler
+
+    out, elm, objective, train, seed, total = (
+        job.out,
+        job.elm,
+        job.objective,
+        job.settings,
+        job.seed,
+        job.total,
+    )
+    updates_per_epoch = job.updates_per_epoch
+    main = accelerator.is_main_process
+    P, rank = accelerator.num_processes, accelerator.process_index
     optimizer = build_optimizer(elm, lr=train.lr, weight_decay=train.weight_decay)
     scheduler = build_scheduler(
         optimizer,
@@ -484,7 +633,7 @@ def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, s
     wrapped, optimizer = accelerator.prepare(elm, optimizer)
 
     start, best_val, best_step, stale = 0, math.inf, None, 0
-    if inputs.resume:
+    if job.resume:
         step, where = rd.checkpoints(out)[-1]
         load_trained_parts(elm, where)
         state_dir = where / st.STATE_DIR
@@ -508,11 +657,10 @@ def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, s
         rd.write_json(
             out / rd.RUN_FILE,
             {
-                **record,
-                "elm_config": config.model_dump(mode="json"),
+                **job.record,
                 "versions": rd.library_versions(),
                 "git_revision": rd.git_revision(),
-                "data": {"train": train_set.info(), "val": val_set.info()},
+                "data": job.data_info,
                 "processes": P,
                 "status": "running",
                 "total_steps": total,
@@ -521,11 +669,11 @@ def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, s
     if train.report_to != "none":
         accelerator.init_trackers(
             "tensorboard" if train.report_to == "tensorboard" else "ecgbench",
-            config={"paradigm": p.name, "lr": train.lr, "batch_size": train.batch_size, "seed": seed},
+            config=job.tracker_config,
         )
 
     stream = BatchStream(
-        train_lengths,
+        job.train_lengths,
         batch_size=train.batch_size,
         grad_accum=train.grad_accum,
         processes=P,
@@ -535,12 +683,13 @@ def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, s
         start=start,
         updates=total,
     )
-    loader = _loader(train_examples, stream, train.num_workers)
+    loader = _loader(job.train_examples, stream, train.num_workers)
+    n_val = len(job.val_examples)
     val_batches = [
-        list(range(i, min(i + train.batch_size * P, len(val_set))))[rank::P]
-        for i in range(0, len(val_set), train.batch_size * P)
+        list(range(i, min(i + train.batch_size * P, n_val)))[rank::P]
+        for i in range(0, n_val, train.batch_size * P)
     ]
-    val_loader = _loader(val_examples, [b for b in val_batches if b], 0)
+    val_loader = _loader(job.val_examples, [b for b in val_batches if b], 0)
 
     def save_checkpoint(step: int) -> None:
         if not main:
@@ -571,31 +720,33 @@ def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, s
     val_skips_reported = False
 
     @torch.no_grad()
-    def validate() -> float:
+    def validate() -> dict[str, float]:
+        """Each validation figure (``loss`` first), summed over all processes and divided by the units."""
         nonlocal val_skips_reported
         wrapped.eval()
-        total_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-        tokens = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        sums: dict[str, torch.Tensor] = {}
+        units = torch.zeros((), dtype=torch.float64, device=accelerator.device)
         for batch in val_loader:
             if not val_skips_reported:  # the same every evaluation: said once, never dropped silently
                 for reason in batch["skipped"]:
                     console.print(f"[yellow]skipped in validation[/yellow] {reason}")
             if "input_ids" not in batch:
                 continue
-            n = answer_tokens(batch)
+            n = objective.units(batch)
             if n:
                 # the unwrapped model: a DDP forward would sync buffers, which hangs when processes hold
                 # different numbers of validation batches
                 with accelerator.autocast():
-                    output = elm(batch, num_items_in_batch=1)  # the sum over answer tokens
-                total_loss += output.loss.double()
-                tokens += n
+                    figures = objective.val_sums(elm, batch)
+                for key, value in figures.items():
+                    sums[key] = sums.get(key, torch.zeros_like(units)) + value.detach().double()
+                units += n
         wrapped.train()
         val_skips_reported = True
-        total_loss, tokens = accelerator.reduce(total_loss, "sum"), accelerator.reduce(tokens, "sum")
-        if float(tokens) == 0:
-            raise UserError("the validation split has no answer tokens to score")
-        return float(total_loss / tokens)
+        units = accelerator.reduce(units, "sum")
+        if float(units) == 0:
+            raise UserError("the validation split has nothing to score")
+        return {key: float(accelerator.reduce(value, "sum") / units) for key, value in sums.items()}
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -625,19 +776,19 @@ def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, s
             skipped_total += len(skipped)
             for reason in skipped:
                 console.print(f"[yellow]skipped[/yellow] {reason}")
-            local = torch.tensor(float(sum(answer_tokens(b) for b in micro)), device=accelerator.device)
+            local = torch.tensor(float(sum(objective.units(b) for b in micro)), device=accelerator.device)
             n_global = float(accelerator.reduce(local, "sum"))
             update_loss = torch.zeros((), dtype=torch.float64, device=accelerator.device)
             seen = torch.zeros((), dtype=torch.float64, device=accelerator.device)
             for j, b in enumerate(micro):
                 sync = j == len(micro) - 1
                 with nullcontext() if sync else accelerator.no_sync(wrapped):
-                    if "input_ids" in b and answer_tokens(b):
-                        output = wrapped(b, num_items_in_batch=n_global)
-                        # DDP averages gradients over processes: scale so the sum over all answer
-                        # tokens of the global batch, divided by their count, is what is minimised
-                        accelerator.backward(output.loss * P)
-                        update_loss += output.loss.detach().double()
+                    if "input_ids" in b and objective.units(b):
+                        loss = objective.train_loss(wrapped, b, n_global)
+                        # DDP averages gradients over processes: scale so the sum over all units of
+                        # the global batch, divided by their count, is what is minimised
+                        accelerator.backward(loss * P)
+                        update_loss += loss.detach().double()
                         seen += b["attention_mask"].sum()
                     elif sync and P > 1:
                         raise UserError("a process received no usable examples in its last micro-batch")
@@ -667,7 +818,10 @@ def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, s
                     row["max_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 if main:
                     rd.append_metrics(out, [row])
-                accelerator.log({"train/loss": row["loss"], "train/lr": lr, "train/tokens_per_s": row["tokens_per_s"]}, step=step)
+                accelerator.log(
+                    {"train/loss": row["loss"], "train/lr": lr, "train/tokens_per_s": row["tokens_per_s"]},
+                    step=step,
+                )
                 progress.update(
                     task, stats=f"loss {row['loss']:.4f}  lr {lr:.2e}  {row['tokens_per_s']:.0f} tok/s"
                 )
@@ -675,12 +829,14 @@ def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, s
             progress.update(task, completed=step)
             evaluate = step % train.eval_every == 0 or step == total
             if evaluate:
-                val = validate()
+                figures = validate()
+                val = figures["loss"]
                 if main:
+                    epoch = round(step / updates_per_epoch, 4)
                     rd.append_metrics(
-                        out, [{"step": step, "epoch": round(step / updates_per_epoch, 4), "split": "val", "loss": val, "lr": lr}]
+                        out, [{"step": step, "epoch": epoch, "split": "val", **figures, "lr": lr}]
                     )
-                accelerator.log({"val/loss": val}, step=step)
+                accelerator.log({f"val/{key}": value for key, value in figures.items()}, step=step)
                 if val < best_val:
                     best_val, best_step, stale = val, step, 0
                     if main:
@@ -692,7 +848,9 @@ def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, s
                 else:
                     stale += 1
                 if main:
-                    console.print(f"step {step}: val loss {val:.4f} (best {best_val:.4f} at step {best_step})")
+                    console.print(
+                        f"step {step}: val loss {val:.4f} (best {best_val:.4f} at step {best_step})"
+                    )
             if (train.save_every and step % train.save_every == 0) or (not train.save_every and evaluate):
                 save_checkpoint(step)
             accelerator.wait_for_everyone()
@@ -727,4 +885,4 @@ def train_elm(inputs: TrainInputs, model: ModelSettings, train: TrainSettings, s
     )
 
 
-__all__ = ["TrainInputs", "TrainResult", "train_elm"]
+__all__ = ["Job", "LanguageModelling", "Objective", "TrainInputs", "TrainResult", "optimize", "train_elm"]

@@ -1,0 +1,1 @@
+"""Retrieval over a segment store: per-lead ECG features, faiss index, leakage rule, context insertion."""
