@@ -80,3 +80,11 @@ def test_config_file_values_are_named_by_the_file(tmp_path):
     assert (
         result.exit_code == 2 and f"invalid value for --config {config} (data.seg_len = 3)" in result.stderr
     )
+
+
+def test_the_dev_scripts_variables_are_not_taken_for_misspelt_settings(monkeypatch):
+    # `ECGBENCH_TEST_WORKERS=4 ./dev test` sets it for every command the tests run
+    for name in ("ECGBENCH_TEST_WORKERS", "ECGBENCH_VENV", "ECGBENCH_TORCH_VERSION", "ECGBENCH_DEBIAN_CRATES"):
+        monkeypatch.setenv(name, "1")
+    result = runner.invoke(app, ["config", "show"])
+    assert result.exit_code == 0, result.output

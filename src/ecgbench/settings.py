@@ -402,8 +402,18 @@ def flag_name(loc: tuple[Any, ...]) -> str:
 
 
 ENV_PREFIX = "ECGBENCH_"
-# ECGBENCH_* variables that are not settings fields (read elsewhere).
-OTHER_VARIABLES = frozenset({"ECGBENCH_CONFIG", "ECGBENCH_ASSETS"})
+# ECGBENCH_* variables that are not settings fields (read elsewhere): the package's, and the `./dev`
+# script's set-up knobs (set around `./dev test`, they reach every command a test runs).
+OTHER_VARIABLES = frozenset(
+    {
+        "ECGBENCH_CONFIG",
+        "ECGBENCH_ASSETS",
+        "ECGBENCH_VENV",
+        "ECGBENCH_TORCH_VERSION",
+        "ECGBENCH_DEBIAN_CRATES",
+        "ECGBENCH_TEST_WORKERS",
+    }
+)
 
 
 def environment_names() -> dict[str, str]:
