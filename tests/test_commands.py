@@ -107,7 +107,7 @@ def _bounds(info: Any) -> tuple[float, ...]:
 
 
 # Fields whose allowed values a validator decides rather than the type (a Literal type needs no entry).
-VALUES: dict[str, Any] = {"infer.ecg": ["zeros", "noise"]}
+VALUES: dict[str, Any] = {"infer.ecg": ["zeros", "noise"], "dpo.label_smoothing": 0.1}
 
 
 def _other_value(option: SettingOption, tmp_path: Path) -> Any:

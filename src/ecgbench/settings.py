@@ -260,18 +260,26 @@ class DPOSettings(LoopSettings):
     label_smoothing: float = Field(
         0.0, ge=0.0, lt=0.5, description="assumed share of flipped preference labels (--loss robust)"
     )
-    eval_split: Literal["train", "val", "test"] = Field(
-        "test", description="the evaluation split: pairs about its records are refused"
+    eval_split: Literal["train", "val", "test"] | None = Field(
+        None,
+        description="the evaluation split, whose pairs are refused (default: the split that is neither "
+        "--train-split nor --val-split)",
     )
 
     @field_validator("eval_split")
     @classmethod
-    def _not_trained_on(cls, value: str, info: ValidationInfo) -> str:
-        if value in (info.data.get("train_split"), info.data.get("val_split")):
+    def _not_trained_on(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value in (info.data.get("train_split"), info.data.get("val_split")):
             raise ValueError(
                 "must differ from --train-split and --val-split: DPO never sees the evaluation split"
             )
         return value
+
+    @property
+    def evaluation_split(self) -> str:
+        if self.eval_split is not None:
+            return self.eval_split
+        return next(s for s in ("test", "val", "train") if s not in (self.train_split, self.val_split))
 
 
 class InferSettings(_Group):

@@ -457,7 +457,7 @@ def split_pairs(
                     f"is not in {splits_path}"
                 )
             names.add(found[1])
-        if settings.eval_split in names:
+        if settings.evaluation_split in names:
             held_out += 1
         elif settings.val_split in names:
             val.append(pair)
@@ -465,7 +465,7 @@ def split_pairs(
             train.append(pair)
     if held_out:
         raise UserError(
-            f"{held_out} preference pairs are about records of the {settings.eval_split} split, the "
+            f"{held_out} preference pairs are about records of the {settings.evaluation_split} split, the "
             f"evaluation split: DPO never trains on it (judge answers to the {settings.train_split} split)"
         )
     if not train:
@@ -531,7 +531,7 @@ def _retrieval(sft_run: dict[str, Any] | None, records: Any, splits: Path, setti
         placement=None,
         stores=records.stores,
         splits_path=splits,
-        split=settings.eval_split,
+        split=settings.evaluation_split,
     )
     retrieval.check_splits(splits, [settings.val_split])  # type: ignore[union-attr]
     return retrieval
