@@ -492,11 +492,7 @@ def train_encoder(
     if resume:
         start, where = rd.checkpoints(out)[-1]
         load_model(objective, str(where / OBJECTIVE_WEIGHTS), strict=True)
-        state_dir = where / st.STATE_DIR
-        st.load_optimizer(optimizer.optimizer, state_dir)
-        st.load_scheduler(scheduler, state_dir)
-        st.load_rng(state_dir, rank)
-        position = st.read_position(state_dir)
+        position = st.load_training_state(where / st.STATE_DIR, optimizer.optimizer, scheduler, rank)
         best_val, best_step, initial_val = (
             position["best_val_loss"],
             position["best_step"],
@@ -571,20 +567,19 @@ def train_encoder(
         tmp = final.with_name(final.name + ".tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
-        state_dir = tmp / st.STATE_DIR
-        state_dir.mkdir(parents=True)
+        tmp.mkdir(parents=True)
         atomic_write(tmp / OBJECTIVE_WEIGHTS, lambda path: save_model(objective, str(path)))
-        st.save_optimizer(optimizer.optimizer, state_dir)
-        st.save_scheduler(scheduler, state_dir)
-        st.save_rng(state_dir, rank)
-        st.write_position(
-            state_dir,
+        st.save_training_state(
+            tmp / st.STATE_DIR,
+            optimizer.optimizer,
+            scheduler,
             {
                 "step": step,
                 "best_val_loss": best_val,
                 "best_step": best_step,
                 "initial_val_loss": initial_val,
             },
+            rank,
         )
         rd.replace_dir(tmp, final)
         rd.prune_checkpoints(out, 1)

@@ -636,11 +636,7 @@ def optimize(job: Job, accelerator: Any) -> TrainResult:
     if job.resume:
         step, where = rd.checkpoints(out)[-1]
         load_trained_parts(elm, where)
-        state_dir = where / st.STATE_DIR
-        st.load_optimizer(optimizer.optimizer, state_dir)
-        st.load_scheduler(scheduler, state_dir)
-        st.load_rng(state_dir, rank)
-        position = st.read_position(state_dir)
+        position = st.load_training_state(where / st.STATE_DIR, optimizer.optimizer, scheduler, rank)
         start, best_val, best_step, stale = (
             position["step"],
             position["best_val_loss"] if position["best_val_loss"] is not None else math.inf,
@@ -699,12 +695,10 @@ def optimize(job: Job, accelerator: Any) -> TrainResult:
         if tmp.exists():
             shutil.rmtree(tmp)
         save_elm(elm, tmp)
-        state_dir = tmp / st.STATE_DIR
-        state_dir.mkdir()
-        st.save_optimizer(optimizer.optimizer, state_dir)
-        st.save_scheduler(scheduler, state_dir)
-        st.write_position(
-            state_dir,
+        st.save_training_state(
+            tmp / st.STATE_DIR,
+            optimizer.optimizer,
+            scheduler,
             {
                 "step": step,
                 "epoch": stream.position(step)[0] if step < total else None,
@@ -712,8 +706,8 @@ def optimize(job: Job, accelerator: Any) -> TrainResult:
                 "best_step": best_step,
                 "stale_evaluations": stale,
             },
+            rank,
         )
-        st.save_rng(state_dir, rank)
         rd.replace_dir(tmp, final)
         rd.prune_checkpoints(out, train.keep_checkpoints)
 

@@ -121,3 +121,31 @@ def write_position(directory: Path, position: dict[str, Any]) -> None:
 
 def read_position(directory: Path) -> dict[str, Any]:
     return _read_json(directory / POSITION_FILE)
+
+
+def save_training_state(
+    directory: Path,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    position: dict[str, Any],
+    rank: int,
+) -> None:
+    """Everything a resumed run needs besides the weights, into ``directory`` (created)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_optimizer(optimizer, directory)
+    save_scheduler(scheduler, directory)
+    write_position(directory, position)
+    save_rng(directory, rank)
+
+
+def load_training_state(
+    directory: Path,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    rank: int,
+) -> dict[str, Any]:
+    """Restore what :func:`save_training_state` wrote; returns the saved position."""
+    load_optimizer(optimizer, directory)
+    load_scheduler(scheduler, directory)
+    load_rng(directory, rank)
+    return read_position(directory)
