@@ -94,6 +94,8 @@ def preference_losses(
 class PreferenceObjective:
     """DPO on batches of [chosen..., rejected...] examples with the reference log-probs beside them."""
 
+    unit = "preference pair"
+
     def __init__(self, settings: DPOSettings):
         self.beta = settings.beta
         self.loss = settings.loss

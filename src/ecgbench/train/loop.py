@@ -559,6 +559,8 @@ class Objective(Protocol):
     """What one training run minimises; the loop around it (batches, accumulation, checkpoints, resume,
     validation, early stopping) is the same for every objective."""
 
+    unit: str  # what the loss is averaged over, for the loss curve's axis
+
     def units(self, batch: dict[str, Any]) -> int:
         """What the loss of a micro-batch is a sum over (answer tokens, preference pairs)."""
         ...
@@ -574,6 +576,8 @@ class Objective(Protocol):
 
 class LanguageModelling:
     """Supervised fine-tuning: cross-entropy of the answer tokens (the labels)."""
+
+    unit = "answer token"
 
     def units(self, batch: dict[str, Any]) -> int:
         return answer_tokens(batch)
@@ -868,7 +872,7 @@ def optimize(job: Job, accelerator: Any) -> TrainResult:
             skipped_conversations=skipped_total,
         )
         rd.write_json(out / rd.RUN_FILE, run)
-        rd.plot_loss_curve(out)
+        rd.plot_loss_curve(out, objective.unit)
     return TrainResult(
         out=out,
         steps=step,

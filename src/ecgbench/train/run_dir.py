@@ -141,7 +141,7 @@ def truncate_metrics(directory: Path, step: int) -> None:
     atomic_write(directory / METRICS_FILE, lambda tmp: tmp.write_text(body, encoding="utf-8"))
 
 
-def plot_loss_curve(directory: Path) -> Path | None:
+def plot_loss_curve(directory: Path, unit: str = "answer token") -> Path | None:
     rows = read_metrics(directory)
     if not rows:
         return None
@@ -157,7 +157,7 @@ def plot_loss_curve(directory: Path) -> Path | None:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, style, label=split, markersize=3)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (per answer token)")
+    ax.set_ylabel(f"loss (per {unit})")
     ax.set_title(directory.name)
     ax.grid(alpha=0.3)
     ax.legend()
