@@ -266,6 +266,25 @@ class DPOSettings(LoopSettings):
         "--train-split nor --val-split)",
     )
 
+    judge: str | None = Field(
+        None,
+        description="online DPO (no --preferences): each round samples answers from the current policy and "
+        "this judge picks chosen and rejected: reference[:METRIC], llm:MODEL or reward:MODEL",
+    )
+    rounds: int = Field(
+        2, ge=1, description="online: rounds of sample, judge, train (--max-steps shared out over them)"
+    )
+    candidates: int = Field(4, ge=2, le=64, description="online: answers sampled per question each round")
+    conversations_per_round: int | None = Field(
+        None, ge=1, description="online: conversations of the train split drawn each round (default: all)"
+    )
+    val_conversations: int | None = Field(
+        None, ge=1, description="online: val-split conversations judged once, to validate (default: all)"
+    )
+    temperature: float = Field(1.0, gt=0.0, description="online: sampling temperature")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="online: nucleus sampling mass")
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="online: longest sampled answer, tokens")
+
     @field_validator("eval_split")
     @classmethod
     def _not_trained_on(cls, value: str | None, info: ValidationInfo) -> str | None:

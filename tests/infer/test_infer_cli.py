@@ -469,6 +469,11 @@ def test_bad_inputs_are_one_line_errors(runs: Runs) -> None:
     assert "checkpoint not found" in fails(
         "infer", "generate", "--checkpoint", runs.root / "nothing", "--out", bad / "g", *GENERATE
     )
+    # a flat line has no ECG-Byte encoding (each lead is scaled by its own range): refused before any answer
+    assert "ablate a token ELM with --ecg noise, shuffled or none" in fails(
+        "infer", "generate", "--checkpoint", runs.checkpoint, "--ecg", "zeros", "--out", bad / "z", *GENERATE
+    )
+    assert not (bad / "z").exists()
 
     empty = _with_splits(
         runs,

@@ -139,7 +139,8 @@ def test_loss_and_logprobs_equal_trl_dpo_trainer(
     tokens = (labels[:, 1:] != IGNORE_INDEX).sum(1)
     losses = preference_losses(
         logps[:n], logps[n:], ref_logps[:n], ref_logps[n:],
-        beta=0.1, loss=loss, label_smoothing=label_smoothing, chosen_tokens=tokens[:n], rejected_tokens=tokens[n:],
+        beta=0.1, loss=loss, label_smoothing=label_smoothing,
+        chosen_tokens=tokens[:n], rejected_tokens=tokens[n:],
     )  # fmt: skip
     assert float(losses.mean()) == pytest.approx(trl_loss, abs=1e-5)
     assert float(logps[:n].mean()) == pytest.approx(metrics["logps/chosen"], abs=1e-5)
@@ -206,6 +207,22 @@ class DPORuns:
                 "train", paradigm, *args, "--splits", self.data.splits, *FAST, "--llm-training", "full",
                 "--max-steps", "6", "--eval-every", "6", "--lr", "3e-3", "--report-to", "none", "--seed", "0",
                 "--out", out,
+            )  # fmt: skip
+            assert result.exit_code == 0, result.output
+            self.made[key] = out
+        return self.made[key]
+
+    def sampling_sft(self) -> Path:
+        """An encoder-free ELM trained long enough that its sampled answers use the labels' words (after
+        a few steps a tiny GPT-2 samples from its whole vocabulary, and a judge ties every pair)."""
+        key = "sft-sampling"
+        if key not in self.made:
+            out = self.root / key
+            result = cli(
+                "train", "encoder-free", *self.data.args(tokenizer=False), "--splits", self.data.splits,
+                *FAST,
+                "--batch-size", "8", "--llm-training", "full", "--max-steps", "30", "--eval-every", "30",
+                "--lr", "1e-2", "--warmup-steps", "3", "--report-to", "none", "--seed", "0", "--out", out,
             )  # fmt: skip
             assert result.exit_code == 0, result.output
             self.made[key] = out
@@ -446,3 +463,127 @@ def test_dpo_of_a_rag_run_reads_the_same_retrieved_reports(
     item = PairDataset(pairs[:1], ecgs, elm.processor, 384, None)[0]
     for answer in ("chosen", "rejected"):
         assert CONTEXT_HEADER in elm.processor.tokenizer.decode(item[answer]["input_ids"])
+
+
+# ---------------------------------------------------------------------------------------- online DPO
+
+ONLINE_FLAGS = [
+    "--judge", "reference", "--rounds", "2", "--candidates", "3", "--conversations-per-round", "12",
+    "--val-conversations", "8", "--max-new-tokens", "12",
+    "--max-steps", "4", "--eval-every", "2", "--lr", "3e-4", "--beta", "0.5", "--batch-size", "4",
+    "--max-length", "256", "--num-workers", "0", "--log-every", "1", "--report-to", "none", "--seed", "0",
+    "--warmup-steps", "0", "--schedule", "constant",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def online_run(dpo_runs: DPORuns) -> Path:
+    out = dpo_runs.root / "online"
+    result = cli("train", "dpo", "--checkpoint", dpo_runs.sampling_sft(), "--out", out, *ONLINE_FLAGS)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_online_dpo_samples_from_the_policy_of_each_round_and_trains_on_judged_pairs(
+    online_run: Path, dpo_runs: DPORuns
+) -> None:
+    from ecgbench.data.splits import read_record_splits, record_split_lookup
+    from ecgbench.train.online_dpo import round_bounds
+
+    run = run_dir.read_run(online_run)
+    assert run["status"] == "finished" and run["steps"] == 4 and run["inputs"]["preferences"] is None
+    assert round_bounds(4, 2) == [0, 2, 4]
+    rounds = run["data"]["rounds"]
+    assert [r["questions"] for r in rounds] == [12, 12] and all(r["pairs"] > 0 for r in rounds)
+    assert run["data"]["val"]["questions"] == 8
+    lookup = record_split_lookup(read_record_splits(dpo_runs.data.splits))
+    online = online_run / "online"
+    for folder, split, update in (("val", "val", 0), ("round-1", "train", 0), ("round-2", "train", 2)):
+        table = pq.read_table(online / folder / "preferences.parquet").to_pylist()
+        assert table and all(r["judge"] == "reference:rouge-l" for r in table)
+        # questions of one split only: the evaluation split is never asked
+        assert {lookup[tuple(ref)][1] for r in table for ref in r["ecg_refs"]} == {split}
+        # every candidate was sampled from the policy as it was at the stage's start, with its own seed
+        candidates = [
+            [json.loads(line) for line in (online / folder / f"candidate-{k}" / "predictions.jsonl").open()]
+            for k in (1, 2, 3)
+        ]
+        assert {row["checkpoint"].rsplit("@", 1)[1] for c in candidates for row in c} == {str(update)}
+        assert len({c[0]["decoding"]["seed"] for c in candidates}) == 3
+        assert all(c[0]["decoding"]["strategy"] == "sample" for c in candidates)
+    # different questions each round, drawn from the train split
+    first, second = (
+        {
+            r["prompt"][0]["content"] + str(r["ecg_refs"])
+            for r in pq.read_table(online / f / "preferences.parquet").to_pylist()
+        }
+        for f in ("round-1", "round-2")
+    )
+    assert first != second
+
+    # the reference of round 2 is the starting checkpoint (recomputed from its files), not the policy
+    from safetensors.numpy import load_file
+
+    from ecgbench.data.dataset import RecordIndex
+    from ecgbench.train.devices import make_accelerator
+    from ecgbench.train.dpo import PairDataset, PairECGs, read_pairs, reference_logprobs
+
+    path = online / "round-2" / "preferences.parquet"
+    pairs, _ = read_pairs(path)
+    start = load_elm(dpo_runs.sampling_sft() / run_dir.BEST_DIR)
+    ecgs = PairECGs(
+        RecordIndex.open([dpo_runs.data.store]), start.config.signal_length, start.config.fs, path
+    )
+    dataset = PairDataset(pairs, ecgs, start.processor, 256, None)
+    stored = load_file(str(online / "round-2" / REFERENCE_FILE))["train"]
+    np.testing.assert_allclose(
+        reference_logprobs(start, dataset, 8, make_accelerator("no")), stored, atol=1e-4
+    )
+    policy = load_elm(run_dir.step_dir(online_run, 2))
+    assert np.abs(reference_logprobs(policy, dataset, 8, make_accelerator("no")) - stored).max() > 1e-3
+
+    val = [r for r in run_dir.read_metrics(online_run) if r["split"] == "val"]
+    assert [r["step"] for r in val] == [2, 4]
+    assert val[-1]["reward_margin"] > 0  # the judged-better answers of held-out questions gained
+
+
+def test_online_dpo_resumes_a_run_killed_between_rounds(
+    online_run: Path, dpo_runs: DPORuns, tmp_path: Path
+) -> None:
+    cut = tmp_path / "cut"
+    shutil.copytree(online_run, cut)
+    shutil.rmtree(run_dir.step_dir(cut, 4))
+    shutil.rmtree(cut / "online" / "round-2")  # killed after round 1, before round 2 was sampled
+    result = cli("train", "dpo", "--checkpoint", dpo_runs.sampling_sft(), "--resume", cut, *ONLINE_FLAGS)
+    assert result.exit_code == 0, result.output
+
+    def losses(run: Path) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in run_dir.read_metrics(run)]
+
+    assert losses(cut) == losses(online_run)
+    same = pq.read_table(online_run / "online" / "round-2" / "preferences.parquet").drop_columns(
+        ["timestamp"]
+    )
+    again = pq.read_table(cut / "online" / "round-2" / "preferences.parquet").drop_columns(["timestamp"])
+    assert again.equals(same)
+
+
+def test_online_dpo_bad_input_is_one_line_and_writes_nothing(dpo_runs: DPORuns, tmp_path: Path) -> None:
+    sft = dpo_runs.sampling_sft()
+    at = ONLINE_FLAGS.index("--max-steps")
+    without_steps = ONLINE_FLAGS[:at] + ONLINE_FLAGS[at + 2 :]
+    cases = {
+        "both modes": (["--preferences", str(dpo_runs.preferences()), *ONLINE_FLAGS], "not both"),
+        "no mode": (DPO_FLAGS, "give --preferences"),
+        "no --max-steps": (without_steps, "online DPO needs --max-steps"),
+        "--epochs": ([*ONLINE_FLAGS, "--epochs", "2"], "--epochs is for offline DPO"),
+        "more rounds than updates": ([*ONLINE_FLAGS, "--rounds", "5"], "without an update"),
+        "unknown judge": ([*ONLINE_FLAGS, "--judge", "oracle"], "unknown judge 'oracle'"),
+    }
+    for case, (flags, message) in cases.items():
+        out = tmp_path / "run"
+        result = cli("train", "dpo", "--checkpoint", sft, "--out", out, *flags)
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code == 2 and len(errors) == 1, (case, result.output)
+        assert message in errors[0], (case, result.output)
+        assert not out.exists(), case

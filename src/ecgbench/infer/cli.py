@@ -111,6 +111,11 @@ def generate_command(
             f"the stores hold {seg_len}-sample segments at {fs} Hz; "
             f"the ELM reads {config.signal_length} at {config.fs:g} Hz"
         )
+    if config.architecture == "token" and "zeros" in infer.ecg:
+        raise UserError(
+            "--ecg zeros gives a flat line, which ECG-Byte cannot encode (it scales each lead by its own "
+            "range): ablate a token ELM with --ecg noise, shuffled or none"
+        )
     decoding = Decoding(
         max_new_tokens=infer.max_new_tokens,
         do_sample=infer.do_sample,

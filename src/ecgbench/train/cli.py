@@ -1,6 +1,6 @@
 """``ecgbench train <paradigm>``: one command per paradigm of the table, one training loop behind them.
 
-Runs the same on one CPU, one GPU, or many under ``accelerate launch ecgbench train ...``.
+Runs the same on one CPU, one GPU, or many under ``accelerate launch -m ecgbench.cli train ...``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,21 @@ def _run_folder(out: Path | None, resume: Path | None) -> Path:
     return Path(resume or out)  # type: ignore[arg-type]
 
 
+def _summary(result: Any, steps: str, items: str) -> None:
+    """The lines a finished run prints, once (under `accelerate launch` every process returns here)."""
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:
+        return
+    best = (
+        "none" if result.best_val_loss is None else f"{result.best_val_loss:.4f} at step {result.best_step}"
+    )
+    stdout.print(f"trained {result.steps} {steps}; best val loss {best}")
+    if result.skipped:
+        stdout.print(f"{result.skipped} {items} were skipped (see the log above)")
+    stdout.print(f"run folder: {result.out}")
+
+
 def _command(name: str) -> Any:
     summary = PARADIGMS[name].summary
 
@@ -82,15 +97,7 @@ def _command(name: str) -> Any:
             train,
             seed,
         )
-        best = (
-            "none"
-            if result.best_val_loss is None
-            else f"{result.best_val_loss:.4f} at step {result.best_step}"
-        )
-        stdout.print(f"trained {result.steps} steps; best val loss {best}")
-        if result.skipped:
-            stdout.print(f"{result.skipped} conversations were skipped (see the log above)")
-        stdout.print(f"run folder: {result.out}")
+        _summary(result, "steps", "conversations")
 
     command.__doc__ = f"Train an ELM: {summary}."
     return command
@@ -108,8 +115,12 @@ def dpo_command(
         typer.Option("--checkpoint", help="the trained ELM: a `train` run folder (its best) or a checkpoint"),
     ],
     preferences: Annotated[
-        Path, typer.Option("--preferences", help="preference set (.parquet) from `judge compare|rank|export`")
-    ],
+        Path | None,
+        typer.Option(
+            "--preferences",
+            help="preference set (.parquet) from `judge compare|rank|export` (offline DPO; or --judge)",
+        ),
+    ] = None,
     store: Annotated[
         list[Path] | None,
         typer.Option(
@@ -122,32 +133,38 @@ def dpo_command(
         Path | None,
         typer.Option("--splits", help="record splits from `data split` (default: the checkpoint's run's)"),
     ] = None,
+    sets: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--sets",
+            metavar="<path>",
+            help="online DPO: conversation sets whose questions are asked (default: the checkpoint's run's)",
+        ),
+    ] = None,
     out: OutOption = None,
     resume: ResumeOption = None,
     *,
     dpo: DPOSettings,
     seed: int,
 ) -> None:
-    """Preference-optimise a trained ELM (DPO) on pairs of its train split, with a frozen reference."""
+    """Preference-optimise a trained ELM (DPO) with a frozen reference: offline on judged pairs of its train
+    split (--preferences), or online (--judge): rounds of answers sampled from the policy, judged, trained on.
+    """
     from ecgbench.train.dpo import DPOInputs, train_dpo
+    from ecgbench.train.online_dpo import train_online_dpo
 
     folder = _run_folder(out, resume)
-    result = train_dpo(
+    result = (train_online_dpo if dpo.judge is not None else train_dpo)(
         DPOInputs(
             checkpoint=checkpoint,
             preferences=preferences,
             out=folder,
             stores=list(store) if store else None,
             splits=splits,
+            sets=list(sets) if sets else None,
             resume=resume is not None,
         ),
         dpo,
         seed,
     )
-    best = (
-        "none" if result.best_val_loss is None else f"{result.best_val_loss:.4f} at step {result.best_step}"
-    )
-    stdout.print(f"trained {result.steps} DPO steps; best val loss {best}")
-    if result.skipped:
-        stdout.print(f"{result.skipped} pairs were skipped (see the log above)")
-    stdout.print(f"run folder: {result.out}")
+    _summary(result, "DPO steps", "pairs")

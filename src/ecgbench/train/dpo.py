@@ -19,7 +19,7 @@ records of the validation split pick the best checkpoint, pairs about the evalua
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,9 +171,13 @@ def _messages(value: Any, where: str) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
-def _answer(value: Any, where: str) -> str:
+def _answer(value: Any, where: str, *, may_be_empty: bool = False) -> str:
+    """The one assistant message of a chosen or rejected answer. A rejected answer may be empty (a model
+    that stops at once is a fault to train away); a chosen one may not."""
     messages = _messages(value, where)
-    if len(messages) != 1 or messages[0]["role"] != "assistant" or not messages[0]["content"].strip():
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise UserError(f"{where} must be one assistant message")
+    if not (may_be_empty or messages[0]["content"].strip()):
         raise UserError(f"{where} must be one non-empty assistant message")
     return messages[0]["content"]
 
@@ -207,7 +211,7 @@ def read_pairs(path: Path) -> tuple[list[Pair], int]:
             raise UserError(f"{where}: the prompt must end with the user's question")
         chosen, rejected = (
             _answer(row["chosen"], f"{where}: chosen"),
-            _answer(row["rejected"], f"{where}: rejected"),
+            _answer(row["rejected"], f"{where}: rejected", may_be_empty=True),
         )
         if chosen == rejected:
             same += 1
@@ -400,11 +404,26 @@ def reference_logprobs(elm: Any, dataset: PairDataset, batch_size: int, accelera
 @dataclass
 class DPOInputs:
     checkpoint: Path  # an SFT run folder (its best checkpoint) or a checkpoint folder
-    preferences: Path
+    preferences: Path | None  # offline DPO; None with --judge (online DPO)
     out: Path
     stores: list[Path] | None = None  # default: the stores the checkpoint was trained on
     splits: Path | None = None  # default: the splits file it was trained with
+    sets: list[Path] | None = None  # online: the questions (default: the sets it was trained on)
     resume: bool = False
+
+
+@dataclass
+class DPOStart:
+    """What offline and online DPO read from the starting checkpoint, its run and the data, checked."""
+
+    source: Path  # the checkpoint folder
+    sft_run: dict[str, Any] | None
+    config: Any  # its ELMConfig
+    stores: list[Path]
+    records: Any  # RecordIndex over them, or None (offline pairs about uploaded ECGs only)
+    splits: Path
+    retrieval: Any
+    previous: dict[str, Any] | None  # the run.json of the run resumed
 
 
 def _source(checkpoint: Path) -> tuple[Path, dict[str, Any] | None]:
@@ -480,39 +499,50 @@ def split_pairs(
     return train, val
 
 
-def _reference(
-    out: Path,
-    train_set: PairDataset,
-    val_set: PairDataset,
-    elm: Any,
+def cached_reference(
+    path: Path,
+    datasets: dict[str, PairDataset],
+    reference: Callable[[], Any],
+    key: str,
     settings: DPOSettings,
     accelerator: Any,
-    preferences_sha: str,
 ) -> None:
-    """Set each dataset's reference log-probs: computed now, or read back from the run folder on resume."""
+    """Set each dataset's reference log-probs: read back from ``path`` when it was written for ``key`` (the
+    SHA-256 of the pairs), else computed by the model ``reference()`` gives (the starting checkpoint) and
+    kept there, so a resumed run reads the same numbers."""
     from safetensors import safe_open
     from safetensors.numpy import load_file, save_file
 
-    path = out / REFERENCE_FILE
     if path.is_file():
         with safe_open(str(path), "np") as handle:
             stored = handle.metadata() or {}
-        if stored.get("preferences_sha256") == preferences_sha:
+        if stored.get("preferences_sha256") == key:
             tensors = load_file(str(path))
-            train_set.reference, val_set.reference = tensors["train"], tensors["val"]
+            for name, dataset in datasets.items():
+                dataset.reference = tensors[name]
             return
-    console.print(f"reference log-probs of {len(train_set) + len(val_set)} pairs (the starting checkpoint)")
-    elm.to(accelerator.device)
-    train_set.reference = reference_logprobs(elm, train_set, settings.batch_size, accelerator)
-    val_set.reference = reference_logprobs(elm, val_set, settings.batch_size, accelerator)
+    pairs = sum(len(d) for d in datasets.values())
+    console.print(f"reference log-probs of {pairs} pairs (the starting checkpoint)")
+    model = reference()
+    model.to(accelerator.device)
+    for dataset in datasets.values():
+        dataset.reference = reference_logprobs(model, dataset, settings.batch_size, accelerator)
     if accelerator.is_main_process:
         tmp = path.with_name(path.name + ".tmp")
         save_file(
-            {"train": train_set.reference, "val": val_set.reference},
+            {name: d.reference for name, d in datasets.items()},  # type: ignore[misc]
             str(tmp),
-            metadata={"preferences_sha256": preferences_sha},
+            metadata={"preferences_sha256": key},
         )
         tmp.replace(path)
+    accelerator.wait_for_everyone()
+
+
+def report_unusable(datasets: dict[str, PairDataset]) -> None:
+    for which, dataset in datasets.items():
+        unusable = int(np.isnan(dataset.reference).any(axis=1).sum())  # type: ignore[union-attr]
+        if unusable:
+            console.print(f"[yellow]skipped[/yellow] {unusable} {which} pairs that do not fit --max-length")
 
 
 def _retrieval(sft_run: dict[str, Any] | None, records: Any, splits: Path, settings: DPOSettings) -> Any:
@@ -539,29 +569,20 @@ def _retrieval(sft_run: dict[str, Any] | None, records: Any, splits: Path, setti
     return retrieval
 
 
-def train_dpo(inputs: DPOInputs, settings: DPOSettings, seed: int) -> Any:
-    """Run (or resume) DPO from a trained ELM on a preference set; see the module notes."""
+def open_start(inputs: DPOInputs, settings: DPOSettings, reads: list[Path | None]) -> DPOStart:
+    """The checkpoint, its stores and splits, checked before anything is written; ``reads`` are the other
+    inputs ``--out`` must not hold."""
     from ecgbench.data.dataset import RecordIndex
-    from ecgbench.models.checkpoint import CONFIG_FILE, load_elm, read_checkpoint_config
+    from ecgbench.models.checkpoint import CONFIG_FILE, read_checkpoint_config
     from ecgbench.models.config import ELMConfig
-    from ecgbench.train.loop import (
-        Job,
-        _check_lengths,
-        _check_tracker,
-        _same_run,
-        check_run_folder,
-        optimize,
-        start_accelerator,
-        updates_in_an_epoch,
-    )
+    from ecgbench.train.loop import _check_tracker, check_run_folder
 
-    out = Path(inputs.out)
     source, sft_run = _source(Path(inputs.checkpoint))
     if not (source / CONFIG_FILE).is_file():
         raise UserError(
             f"--checkpoint {inputs.checkpoint} is neither an ELM checkpoint nor a training run folder"
         )
-    previous = check_run_folder(out, inputs.resume, [source, inputs.preferences, *(inputs.stores or [])])
+    previous = check_run_folder(Path(inputs.out), inputs.resume, [source, *reads, *(inputs.stores or [])])
     if settings.label_smoothing and settings.loss != "robust":
         raise UserError(f"--label-smoothing is read by --loss robust only (not {settings.loss})")
     _check_tracker(settings.report_to)
@@ -574,9 +595,6 @@ def train_dpo(inputs: DPOInputs, settings: DPOSettings, seed: int) -> Any:
             "give --splits splits.parquet (from `data split`): DPO must know which pairs are about "
             "validation and evaluation records"
         )
-
-    pairs, same = read_pairs(inputs.preferences)
-    _check_answer_models(pairs, config.architecture, source)
     records = RecordIndex.open(stores) if stores else None
     if records is not None:
         seg_len, fs = records.check_shapes()
@@ -585,53 +603,93 @@ def train_dpo(inputs: DPOInputs, settings: DPOSettings, seed: int) -> Any:
                 f"the stores hold {seg_len} samples at {fs:g} Hz; {source} reads {config.signal_length} "
                 f"at {config.fs:g} Hz"
             )
-    ecgs = PairECGs(records, config.signal_length, config.fs, inputs.preferences)
-    for pair in pairs:
-        ecgs.check(pair)
-    train_pairs, val_pairs = split_pairs(pairs, splits, settings)
     retrieval = _retrieval(sft_run, records, splits, settings)
+    return DPOStart(source, sft_run, config, stores, records, splits, retrieval, previous)
 
-    preferences_sha = sha256_file(inputs.preferences)
-    record = {
+
+def run_record(start: DPOStart, settings: DPOSettings, seed: int, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The run.json fields of a DPO run: settings, and what it read (``inputs``: the mode's own)."""
+    from ecgbench.models.checkpoint import CONFIG_FILE
+
+    record: dict[str, Any] = {
         "format": rd.RUN_FORMAT,
         "version": rd.RUN_VERSION,
         "paradigm": "dpo",
         "settings": {"dpo": settings.model_dump(mode="json"), "seed": seed},
         "inputs": {
-            "checkpoint": {str(source.resolve()): sha256_file(source / CONFIG_FILE)},
-            "preferences": {str(Path(inputs.preferences).resolve()): preferences_sha},
-            "stores": [str(Path(s).resolve()) for s in stores],
-            "splits": {str(splits.resolve()): sha256_file(splits)},
-            "rag_index": None if retrieval is None else sft_inputs.get("rag_index"),
+            "checkpoint": {str(start.source.resolve()): sha256_file(start.source / CONFIG_FILE)},
+            **inputs,
+            "stores": [str(Path(s).resolve()) for s in start.stores],
+            "splits": {str(start.splits.resolve()): sha256_file(start.splits)},
+            "rag_index": None
+            if start.retrieval is None
+            else (start.sft_run or {}).get("inputs", {}).get("rag_index"),
         },
     }
-    if retrieval is not None:  # in the fields inference reads (rag.retrieval.inference_retrieval)
-        sft_train = sft_run["settings"]["train"]  # type: ignore[index]
+    if start.retrieval is not None:  # in the fields inference reads (rag.retrieval.inference_retrieval)
+        sft_train = start.sft_run["settings"]["train"]  # type: ignore[index]
         record["settings"]["train"] = {k: sft_train[k] for k in ("rag", "rag_k", "rag_placement")}
-    if previous is not None:
-        _same_run(previous, record)
+    if start.previous is not None:
+        from ecgbench.train.loop import _same_run
 
+        _same_run(start.previous, record)
+    return record
+
+
+def load_policy(start: DPOStart) -> Any:
+    """The starting checkpoint, trainable, as the policy (with the retrieval it was trained with)."""
+    from ecgbench.models.checkpoint import load_elm
+
+    elm = load_elm(start.source, trainable=True, update={"training_stage": "dpo"})
+    elm.processor.retrieval = start.retrieval
+    return elm
+
+
+def ecg_token_estimate(elm: Any) -> float:
+    """Tokens one ECG takes in a prompt, for length grouping (ECG-Byte: about 4x compression)."""
+    return elm.processor.soft_tokens_per_ecg or (elm.config.signal_length * 12 / 4.0)
+
+
+def train_dpo(inputs: DPOInputs, settings: DPOSettings, seed: int) -> Any:
+    """Run (or resume) offline DPO from a trained ELM on a preference set."""
+    from ecgbench.train.loop import Job, _check_lengths, optimize, start_accelerator, updates_in_an_epoch
+
+    if settings.judge is not None:
+        raise UserError("--judge runs online DPO (ecgbench.train.online_dpo.train_online_dpo)")
+    if inputs.preferences is None:
+        raise UserError("give --preferences (offline DPO on judged pairs) or --judge (online DPO)")
+    out = Path(inputs.out)
+    start = open_start(inputs, settings, [inputs.preferences])
+    source, config, records = start.source, start.config, start.records
+    pairs, same = read_pairs(inputs.preferences)
+    _check_answer_models(pairs, config.architecture, source)
+    ecgs = PairECGs(records, config.signal_length, config.fs, inputs.preferences)
+    for pair in pairs:
+        ecgs.check(pair)
+    train_pairs, val_pairs = split_pairs(pairs, start.splits, settings)
+
+    preferences_sha = sha256_file(inputs.preferences)
+    record = run_record(
+        start, settings, seed, {"preferences": {str(Path(inputs.preferences).resolve()): preferences_sha}}
+    )
     accelerator = start_accelerator(settings, out, seed)
     updates_per_epoch = updates_in_an_epoch(
         len(train_pairs), "training pairs", settings, accelerator.num_processes
     )
 
-    elm = load_elm(source, trainable=True, update={"training_stage": "dpo"})
-    elm.processor.retrieval = retrieval
+    elm = load_policy(start)
     train_set = PairDataset(train_pairs, ecgs, elm.processor, settings.max_length, settings.system_prompt)
     val_set = PairDataset(val_pairs, ecgs, elm.processor, settings.max_length, settings.system_prompt)
-    soft = elm.processor.soft_tokens_per_ecg or (config.signal_length * 12 / 4.0)  # ECG-Byte: ~4x compression
+    soft = ecg_token_estimate(elm)
     train_lengths = train_set.lengths(soft)
     _check_lengths(train_set, train_lengths, "training")
     _check_lengths(val_set, val_set.lengths(soft), "validation")
     if not inputs.resume and accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    _reference(out, train_set, val_set, elm, settings, accelerator, preferences_sha)
-    for which, dataset in (("training", train_set), ("validation", val_set)):
-        unusable = int(np.isnan(dataset.reference).any(axis=1).sum())  # type: ignore[union-attr]
-        if unusable:
-            console.print(f"[yellow]skipped[/yellow] {unusable} {which} pairs that do not fit --max-length")
+    datasets = {"train": train_set, "val": val_set}
+    cached_reference(out / REFERENCE_FILE, datasets, lambda: elm, preferences_sha, settings, accelerator)
+    report_unusable({"training": train_set, "validation": val_set})
     if same:
         console.print(f"left out {same} pairs whose chosen and rejected answers are the same text")
 
@@ -662,6 +720,7 @@ def train_dpo(inputs: DPOInputs, settings: DPOSettings, seed: int) -> Any:
 
 __all__ = [
     "DPOInputs",
+    "DPOStart",
     "PreferenceObjective",
     "preference_losses",
     "read_pairs",

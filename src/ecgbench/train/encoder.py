@@ -33,6 +33,7 @@ the schedule (counted in optimizer updates) are the ELM trainer's.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import shutil
@@ -561,12 +562,11 @@ def train_encoder(
             rd.replace_dir(tmp, checkpoint)
 
     def save_resumable(step: int) -> None:
-        if not main:
-            return
-        final = rd.step_dir(out, step)
-        tmp = final.with_name(final.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        rd.write_checkpoint(rd.step_dir(out, step), functools.partial(write_state, step=step), accelerator)
+        if main:
+            rd.prune_checkpoints(out, 1)
+
+    def write_state(tmp: Path, step: int) -> None:
         tmp.mkdir(parents=True)
         atomic_write(tmp / OBJECTIVE_WEIGHTS, lambda path: save_model(objective, str(path)))
         st.save_training_state(
@@ -581,8 +581,6 @@ def train_encoder(
             },
             rank,
         )
-        rd.replace_dir(tmp, final)
-        rd.prune_checkpoints(out, 1)
 
     def validate(step: int) -> float:
         # On the unwrapped module (still autocast): through DDP every forward broadcasts buffers (MERL's

@@ -24,6 +24,7 @@ processes sees the same global batches as one process with a P times larger batc
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import time
@@ -146,6 +147,7 @@ class BatchStream(torch.utils.data.Sampler):
         group_by_length: bool,
         start: int,
         updates: int,
+        offset: int = 0,
     ):
         self.lengths = lengths
         self.batch_size = batch_size
@@ -156,10 +158,12 @@ class BatchStream(torch.utils.data.Sampler):
         self.group_by_length = group_by_length
         self.start = start
         self.updates = updates
+        self.offset = offset  # the update at which these examples were first used (online DPO: a round)
         self.updates_per_epoch = len(lengths) // (batch_size * processes) // grad_accum
 
     def position(self, update: int) -> tuple[int, int]:
         """(epoch, first micro-batch within it) of optimizer update ``update``."""
+        update -= self.offset
         return update // self.updates_per_epoch, (update % self.updates_per_epoch) * self.grad_accum
 
     def __len__(self) -> int:
@@ -604,9 +608,13 @@ class Job:
     val_examples: Any
     settings: LoopSettings
     seed: int
-    total: int
+    total: int  # the updates of the whole run (the learning-rate schedule's length)
     updates_per_epoch: int
     tracker_config: dict[str, Any]
+    #: online DPO trains round by round, each on new examples: this call uses them from update ``first``
+    #: (where their epochs start) and returns at update ``stop``
+    first: int = 0
+    stop: int | None = None
 
 
 def optimize(job: Job, accelerator: Any) -> TrainResult:
@@ -622,6 +630,7 @@ def optimize(job: Job, accelerator: Any) -> TrainResult:
         job.seed,
         job.total,
     )
+    stop = total if job.stop is None else job.stop
     updates_per_epoch = job.updates_per_epoch
     main = accelerator.is_main_process
     P, rank = accelerator.num_processes, accelerator.process_index
@@ -681,7 +690,8 @@ def optimize(job: Job, accelerator: Any) -> TrainResult:
         seed=seed,
         group_by_length=train.group_by_length,
         start=start,
-        updates=total,
+        updates=stop,
+        offset=job.first,
     )
     loader = _loader(job.train_examples, stream, train.num_workers)
     n_val = len(job.val_examples)
@@ -692,12 +702,11 @@ def optimize(job: Job, accelerator: Any) -> TrainResult:
     val_loader = _loader(job.val_examples, [b for b in val_batches if b], 0)
 
     def save_checkpoint(step: int) -> None:
-        if not main:
-            return
-        final = rd.step_dir(out, step)
-        tmp = final.with_name(final.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        rd.write_checkpoint(rd.step_dir(out, step), functools.partial(write_state, step=step), accelerator)
+        if main:
+            rd.prune_checkpoints(out, train.keep_checkpoints)
+
+    def write_state(tmp: Path, step: int) -> None:
         save_elm(elm, tmp)
         st.save_training_state(
             tmp / st.STATE_DIR,
@@ -705,15 +714,13 @@ def optimize(job: Job, accelerator: Any) -> TrainResult:
             scheduler,
             {
                 "step": step,
-                "epoch": stream.position(step)[0] if step < total else None,
+                "epoch": stream.position(step)[0] if step < stop else None,
                 "best_val_loss": None if best_val == math.inf else best_val,
                 "best_step": best_step,
                 "stale_evaluations": stale,
             },
             rank,
         )
-        rd.replace_dir(tmp, final)
-        rd.prune_checkpoints(out, train.keep_checkpoints)
 
     val_skips_reported = False
 
@@ -802,11 +809,11 @@ def optimize(job: Job, accelerator: Any) -> TrainResult:
             window_loss += loss
             window_tokens += int(accelerator.reduce(seen, "sum"))
             window_steps += 1
-            if step % train.log_every == 0 or step == total:
+            if step % train.log_every == 0 or step == stop:
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 row = {
                     "step": step,
-                    "epoch": round(step / updates_per_epoch, 4),
+                    "epoch": round((step - job.first) / updates_per_epoch, 4),
                     "split": "train",
                     "loss": window_loss / window_steps,
                     "lr": lr,
@@ -825,12 +832,12 @@ def optimize(job: Job, accelerator: Any) -> TrainResult:
                 )
                 window_loss, window_tokens, window_start, window_steps = 0.0, 0, time.perf_counter(), 0
             progress.update(task, completed=step)
-            evaluate = step % train.eval_every == 0 or step == total
+            evaluate = step % train.eval_every == 0 or step == stop
             if evaluate:
                 figures = validate()
                 val = figures["loss"]
                 if main:
-                    epoch = round(step / updates_per_epoch, 4)
+                    epoch = round((step - job.first) / updates_per_epoch, 4)
                     rd.append_metrics(
                         out, [{"step": step, "epoch": epoch, "split": "val", **figures, "lr": lr}]
                     )
@@ -865,7 +872,7 @@ def optimize(job: Job, accelerator: Any) -> TrainResult:
     if main:
         run = rd.read_run(out)
         run.update(
-            status="stopped early" if stopped_early else "finished",
+            status="stopped early" if stopped_early else "finished" if step >= total else "running",
             steps=step,
             best_step=best_step,
             best_val_loss=None if best_val == math.inf else best_val,

@@ -60,7 +60,9 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
-def lr_factor(step: int, *, total_steps: int, warmup_steps: int, schedule: Schedule, min_ratio: float) -> float:
+def lr_factor(
+    step: int, *, total_steps: int, warmup_steps: int, schedule: Schedule, min_ratio: float
+) -> float:
     """Multiplier of the peak learning rate before optimizer update ``step`` (0-based)."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps

@@ -78,7 +78,10 @@ PARADIGMS: dict[str, Paradigm] = {
     )
 }
 #: ECG encoders read signals; vision towers read images or stacked signals
-_ENCODER_INPUTS = {**{e: ("signal",) for e in ECG_ENCODERS}, **{e: ("image", "stacked") for e in VISION_ENCODERS}}
+_ENCODER_INPUTS = {
+    **{e: ("signal",) for e in ECG_ENCODERS},
+    **{e: ("image", "stacked") for e in VISION_ENCODERS},
+}
 
 
 def paradigm(name: str) -> Paradigm:

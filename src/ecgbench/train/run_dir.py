@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,10 +39,8 @@ def library_versions() -> dict[str, str]:
 
     out = {"ecgbench": __version__}
     for name in ("torch", "transformers", "peft", "accelerate", "numpy", "pyarrow"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -106,6 +105,26 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def write_checkpoint(final: Path, write: Any, accelerator: Any) -> None:
+    """Write a resumable checkpoint folder from every process (call it on all of them): the main process
+    writes the weights and the shared state with ``write(tmp)`` (optimizer states are the same on every
+    process under DDP), each other process adds its own RNG state, then the folder replaces ``final`` at
+    once, so a killed run never leaves a checkpoint that lacks a process's state."""
+    from ecgbench.train.state import STATE_DIR, save_rng
+
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        write(tmp)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        save_rng(tmp / STATE_DIR, accelerator.process_index)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        replace_dir(tmp, final)
 
 
 def prune_checkpoints(directory: Path, keep: int) -> None:
