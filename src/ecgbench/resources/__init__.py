@@ -9,3 +9,5 @@ RESOURCES_DIR = Path(__file__).resolve().parent
 SAMPLE_DIR = RESOURCES_DIR / "sample"
 # Experiment recipes found by name by `ecgbench run NAME`.
 RECIPES_DIR = RESOURCES_DIR / "recipes"
+# accelerate config files for `accelerate launch --config_file` (each one launched by a test).
+ACCELERATE_DIR = RESOURCES_DIR / "accelerate"
