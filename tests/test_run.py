@@ -153,7 +153,9 @@ def test_packaged_recipes_are_found_by_name_and_listed() -> None:
     assert "quickstart" in packaged_recipes()
     listed = runner.invoke(app, ["run", "--list"])
     assert listed.exit_code == 0, listed.output
-    assert listed.stdout.startswith("quickstart ") and "ECG-Byte tokenizer" in listed.stdout
+    names = [line.split("  ")[0] for line in listed.stdout.splitlines() if line and not line.startswith(" ")]
+    assert names == list(packaged_recipes())  # one line each, by name
+    assert "\nquickstart  Prepare every bundled" in listed.stdout and "ECG-Byte tokenizer" in listed.stdout
     dry = runner.invoke(app, ["run", "quickstart", "--dry-run", "--set", "out=elsewhere"])
     assert dry.exit_code == 0, dry.output
     stages = [s.name for s in load_recipe(packaged_recipes()["quickstart"]).stages]
@@ -402,3 +404,163 @@ def test_grid_cells_run_alone_as_cluster_jobs_and_in_parallel(grid: Path) -> Non
         "give one of --only, --jobs and --cell"
         in runner.invoke(app, ["run", str(grid), "--jobs", "2", "--only", "seed=0"]).stderr
     )
+
+
+# ------------------------------------------------------------------------------- axis-value variables
+
+VALUED = """
+[vars]
+out = "{out}"
+
+[axes]
+fold = [1, 2]
+[axes.representation.tokens]
+paradigm = "end2end"
+flags = ["--tokenizer", "{{out}}/fold={{fold}}/tokenizer.json"]
+[axes.representation.image]
+paradigm = "llava"
+flags = ["--representation", "image", "--encoder", "siglip"]
+[axes.representation.signal]
+paradigm = "scratch"
+flags = []
+
+[[stages]]
+name = "tokenizer"
+command = "tokenizer train --npy x.npy --out {{out}}/fold={{fold}}/tokenizer.json"
+creates = "{{out}}/fold={{fold}}/tokenizer.json"
+
+[[stages]]
+name = "train"
+command = ["train", "{{paradigm}}", "--out", "{{out}}/{{cell}}/elm", "{{flags}}", "--lr", "1e-4"]
+creates = "{{out}}/{{cell}}/elm"
+
+[[stages]]
+name = "by-paradigm"
+command = ["config", "show", "--format", "{{paradigm}}"]
+creates = "{{out}}/{{paradigm}}.txt"
+
+[[stages]]
+name = "report"
+gather = true
+command = ["infer", "report", "{{out}}/{{cell}}/elm", "--out", "{{out}}/report"]
+"""
+
+
+def _valued(tmp_path: Path, text: str = VALUED) -> Path:
+    path = tmp_path / "valued.toml"
+    path.write_text(text.format(out=tmp_path / "run"))
+    return path
+
+
+def test_axis_values_carry_variables_that_splice_and_bring_their_axes(tmp_path: Path) -> None:
+    from ecgbench.run import build_plan, load_recipe
+
+    recipe = load_recipe(_valued(tmp_path))
+    out = tmp_path / "run"
+    assert recipe.axes == {"fold": ["1", "2"], "representation": ["tokens", "image", "signal"]}
+    plan = {inst.id: inst for inst in build_plan(recipe)}
+    train = plan["train[fold=1,representation=tokens]"]
+    assert train.command == [
+        "train", "end2end", "--out", f"{out}/fold=1,representation=tokens/elm",
+        "--tokenizer", f"{out}/fold=1/tokenizer.json", "--lr", "1e-4",
+    ]  # fmt: skip
+    signal = plan["train[fold=2,representation=signal]"].command
+    assert signal == ["train", "scratch", "--out", f"{out}/fold=2,representation=signal/elm", "--lr", "1e-4"]
+    image = plan["train[fold=1,representation=image]"].command
+    assert image[-6:-2] == ["--representation", "image", "--encoder", "siglip"]
+    # The tokens cell of a fold reads that fold's tokenizer (its flags name {fold}); the others read none.
+    assert [i for i in plan if i.startswith("tokenizer")] == ["tokenizer[fold=1]", "tokenizer[fold=2]"]
+    ids = list(plan)
+    assert [ids[d] for d in train.deps] == ["tokenizer[fold=1]"]
+    assert plan["train[fold=1,representation=image]"].deps == []
+    # A stage using only {paradigm} uses the representation axis alone: once per value, shared by the folds.
+    by_paradigm = [i for i in plan if i.startswith("by-paradigm")]
+    assert by_paradigm == [f"by-paradigm[representation={r}]" for r in ("tokens", "image", "signal")]
+    assert plan["by-paradigm[representation=image]"].cells == [1, 4]
+    assert plan["report"].command.count("infer") == 1 and len(plan["report"].command) == 2 + 6 + 2
+
+    chosen = ["--set", "representation=image,tokens"]
+    dry = runner.invoke(app, ["run", str(_valued(tmp_path)), "--dry-run", *chosen])
+    assert dry.exit_code == 0, dry.output
+    text = " ".join(dry.stdout.split())
+    assert "4 cell(s)" in text and "cell 1: fold=1,representation=image" in text
+    tokenizer = f"{out}/fold={{fold}}/tokenizer.json"  # {fold}: filled per cell
+    assert f"representation=tokens: paradigm=end2end; flags=[--tokenizer, {tokenizer}]" in text
+    assert "representation=signal: paradigm=scratch; flags=[]" not in text  # not selected
+    assert "shared by 2 cells" in text  # by-paradigm[representation=image]
+
+
+def test_axis_value_variables_run(tmp_path: Path) -> None:
+    body = (
+        "[axes.fmt.j]\nflags = ['--format', 'json']\n[axes.fmt.t]\nflags = ['--format', 'toml']\n"
+        '[[stages]]\nname = "show"\ncommand = ["config", "show", "{flags}"]\n'
+    )
+    result = runner.invoke(app, ["run", str(_recipe(tmp_path, body)), "--only", "fmt=j"])
+    assert result.exit_code == 0, result.output
+    assert '"num_merges"' in result.stdout
+
+
+def test_bad_axis_value_variables(tmp_path: Path) -> None:
+    base = "[[stages]]\nname = 's'\ncommand = ['config', 'show', '{p}']\n"
+    cases = {
+        "[axes.r.a]\np = 'x'\nq = 'y'\n[axes.r.b]\np = 'z'\n" + base: "axis 'r', value 'b' lacks ['q']",
+        "[axes.r.a]\np = 'x'\n[axes.r.b]\np = 'z'\nq = 'y'\n" + base: "has ['q'], which 'a' does not",
+        "[axes.r.a]\np = '{nope}'\n" + base: "axis r value a (p): unknown variable {nope}",
+        "[axes.r.a]\np = {x = 1}\n" + base: "must be a table of NAME = string, number or list",
+        "[axes.r.a]\nout = 'x'\n" + base: "variable 'out' of axis 'r' is also a [vars] name",
+        "[axes.r.a]\np = ['x']\n" + base.replace("'{p}'", "'a{p}'"): "{p} is a list",
+        "[axes.r.a]\np = 'x'\n[axes.s.b]\np = 'y'\n" + base: "'p' of axis 's' is also a variable of axis 'r'",
+    }
+    for body, message in cases.items():
+        result = runner.invoke(app, ["run", str(_recipe(tmp_path, body)), "--dry-run"])
+        assert result.exit_code == 2, body
+        assert message in " ".join(result.stderr.split()), (body, result.stderr)
+        assert "Traceback" not in result.output
+    good = "[axes.r.a]\np = 'x'\n[axes.r.b]\np = 'y'\n" + base
+    wrong_value = runner.invoke(app, ["run", str(_recipe(tmp_path, good)), "--dry-run", "--set", "r=a,c"])
+    assert wrong_value.exit_code == 2 and "axis 'r' has no value 'c' (its values: a, b)" in wrong_value.stderr
+    per_value = runner.invoke(app, ["run", str(_recipe(tmp_path, good)), "--dry-run", "--set", "p=z"])
+    assert per_value.exit_code == 2 and "'p' is a variable of each value of axis 'r'" in per_value.stderr
+
+
+def test_a_missing_input_stops_the_run_before_any_stage(tmp_path: Path) -> None:
+    body = (
+        f'[vars]\ncorpus = "{tmp_path}/absent"\n'
+        '[[stages]]\nname = "first"\ncommand = "config show"\ncreates = "{out}/never.txt"\n'
+        '[[stages]]\nname = "later"\ninputs = "{corpus}/db.csv"\ncommand = "config show"\n'
+    )
+    path = tmp_path / "r.toml"
+    path.write_text(body.replace("[vars]\n", f'[vars]\nout = "{tmp_path}/run"\n', 1))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    message = f"stage later: input not found: {tmp_path}/absent/db.csv (give it with --set corpus=PATH)"
+    assert message in " ".join(result.stderr.split())
+    assert not (tmp_path / "run" / ".stages").exists()  # the first stage did not run
+
+
+def test_a_stage_only_for_some_axis_values(tmp_path: Path) -> None:
+    from ecgbench.run import build_plan, load_recipe
+
+    def with_only(value: str) -> str:
+        line = f"only = {value}\n".replace("{", "{{").replace("}", "}}")
+        return VALUED.replace('name = "tokenizer"\n', 'name = "tokenizer"\n' + line)
+
+    recipe = _valued(tmp_path, with_only("{representation = ['tokens']}"))
+    plan = {inst.id: inst for inst in build_plan(load_recipe(recipe))}
+    tokenizers = [i for i in plan if i.startswith("tokenizer")]
+    assert tokenizers == [f"tokenizer[fold={f},representation=tokens]" for f in (1, 2)]
+    assert plan["tokenizer[fold=2,representation=tokens]"].cells == [3]
+    ids = list(plan)
+    deps = plan["train[fold=1,representation=tokens]"].deps
+    assert [ids[d] for d in deps] == ["tokenizer[fold=1,representation=tokens]"]
+    # Choosing other values leaves the stage out.
+    narrow = build_plan(load_recipe(recipe, {"representation": "image"}))
+    assert not [i for i in narrow if i.spec.name == "tokenizer"]
+    for value, message in {
+        "{seed = 1}": "'only' names 'seed', which is no axis",
+        "{representation = 'video'}": "'only' gives axis 'representation' the value 'video'",
+        "'tokens'": "'only' must be a table",
+        "{representation = ['tokens', 'signal']}": "creates",  # one path for two cells
+    }.items():
+        result = runner.invoke(app, ["run", str(_valued(tmp_path, with_only(value))), "--dry-run"])
+        assert result.exit_code == 2 and message in result.stderr, (value, result.stderr)

@@ -29,7 +29,25 @@ A recipe only strings together the same commands a person would type::
 ``{name}`` is replaced by a value from ``[vars]`` (values may use other variables) or ``--set NAME=VALUE``
 (``--set AXIS=a,b`` replaces an axis's values); ``{axis}`` by the cell's value and ``{cell}`` by the cell's
 name (``seed=0``; axes in recipe order, ``name=value`` joined by commas). Relative paths are used as written,
-from the current directory. A stage may list ``inputs``: files or folders it reads that no stage makes.
+from the current directory. A stage may list ``inputs``: files or folders it reads that no stage makes
+(a corpus, a question set); a run checks that every input of the stages it will run exists before it runs any.
+
+An axis whose values stand for more than a word gives each value a table of variables::
+
+    [axes.representation.ecg-byte]     # value "ecg-byte" (inline: ecg-byte = {paradigm = "end2end"})
+    paradigm = "end2end"
+    flags = ["--tokenizer", "{out}/fold={fold}/tokenizer.json"]
+    [axes.representation.signal]
+    paradigm = "scratch"
+    flags = []
+
+Every value defines the same variables (strings, numbers or lists of them; they may use ``[vars]``, other
+axes and ``{cell}``). ``{paradigm}`` is then the cell's value's ``paradigm``, and a list used as a whole
+argument (``"{flags}"``) becomes its items (an empty list, none). A stage that uses such a variable uses its
+axis, and the axes its values name (``{fold}`` above). ``--set representation=ecg-byte,signal`` chooses
+values; the variables themselves change only in the recipe. A stage with ``only = {representation =
+"ecg-byte"}`` (a value or a list) exists only for the cells with those values: the tokenizer that only the
+ECG-Byte cells read is not trained for the others.
 
 Caching: a stage with ``creates`` is skipped when its record (``{out}/.stages/<stage>.json``) says it
 finished with the same key: the command line as resolved (with ``--config``), the ecgbench version, the
@@ -81,7 +99,7 @@ CELL = "cell"  # the variable naming a grid cell
 STATE_DIR = ".stages"  # under {out}: one record per stage, locks, the logs of --jobs
 RECORD_FORMAT = "ecgbench-stage"
 _RECIPE_KEYS = ("description", "vars", "axes", "stages")
-_STAGE_KEYS = ("name", "command", "creates", "inputs", "gather")
+_STAGE_KEYS = ("name", "command", "creates", "inputs", "gather", "only")
 _SAFE = "=,[].-_+@"  # kept as they are in file names made from stage and cell names
 
 
@@ -98,6 +116,8 @@ class StageSpec:
     inputs: list[str] = field(default_factory=list)
     gather: bool = False
     axes: tuple[str, ...] = ()  # the axes it uses, in recipe order (every axis when it uses {cell})
+    input_vars: tuple[str, ...] = ()  # the [vars] its inputs name: what to --set when one is missing
+    only: dict[str, tuple[str, ...]] = field(default_factory=dict)  # runs for the cells with these values
 
 
 @dataclass(frozen=True)
@@ -109,6 +129,9 @@ class Cell:
         return ",".join(f"{k}={v}" for k, v in self.values)
 
 
+AxisVars = dict[str, dict[str, "str | list[str]"]]  # axis value -> its variables (expanded [vars])
+
+
 @dataclass
 class Recipe:
     path: Path
@@ -116,6 +139,8 @@ class Recipe:
     out: str | None  # the run folder ([vars] out), where the stage records live
     axes: dict[str, list[str]]
     stages: list[StageSpec]
+    # Axes whose values carry variables ([axes.NAME.VALUE] tables): axis -> value -> variable -> value.
+    axis_vars: dict[str, AxisVars] = field(default_factory=dict)
 
     @property
     def cells(self) -> list[Cell]:
@@ -176,22 +201,58 @@ def load_recipe(path: Path, overrides: dict[str, str] | None = None) -> Recipe:
     variables = {str(k): str(v) for k, v in table.items()}
     axes_table = raw.get("axes", {})
     if not isinstance(axes_table, dict):
-        raise UserError(f"recipe {path}: [axes] must be a table of NAME = [values]")
+        raise UserError(
+            f"recipe {path}: [axes] must be a table of NAME = [values] or [axes.NAME.VALUE] tables"
+        )
     axes: dict[str, list[str]] = {}
+    declared: dict[str, list[str]] = {}  # each axis's values as the recipe writes them (before --set)
+    raw_axis_vars: dict[str, dict[str, dict[str, Any]]] = {}
     for name, values in axes_table.items():
-        if not isinstance(values, list) or not all(_scalar(v) for v in values):
-            raise UserError(f"recipe {path}: axis {name!r} must be a list of strings or numbers")
         if name in variables or name == CELL:
             raise UserError(f"recipe {path}: axis {name!r} is also a variable name; rename one of them")
+        if isinstance(values, dict):  # [axes.NAME.VALUE]: values that carry variables
+            raw_axis_vars[name] = _axis_value_tables(path, name, values)
+            values = list(values)
+        elif not isinstance(values, list) or not all(_scalar(v) for v in values):
+            raise UserError(
+                f"recipe {path}: axis {name!r} must be a list of strings or numbers, "
+                f"or [axes.{name}.VALUE] tables"
+            )
+        declared[name] = [str(v) for v in values]
         if name in overrides:  # --set AXIS=a,b
             values = [v for v in overrides.pop(name).split(",") if v]
+            missing = [v for v in values if name in raw_axis_vars and v not in raw_axis_vars[name]]
+            if missing:
+                raise UserError(
+                    f"--set {name}={','.join(values)}: axis {name!r} has no value {missing[0]!r} "
+                    f"(its values: {', '.join(raw_axis_vars[name])})"
+                )
         if not values:
             raise UserError(f"recipe {path}: axis {name!r} has no values")
         axes[name] = [str(v) for v in dict.fromkeys(values)]
+    owners: dict[str, str] = {}  # each axis-value variable -> its axis
+    for axis, by_value in raw_axis_vars.items():
+        for var in next(iter(by_value.values())):
+            clash = "a [vars] name" if var in variables else "an axis" if var in axes or var == CELL else None
+            if var in owners:
+                clash = f"a variable of axis {owners[var]!r}"
+            if clash:
+                raise UserError(
+                    f"recipe {path}: variable {var!r} of axis {axis!r} is also {clash}; rename one of them"
+                )
+            owners[var] = axis
     entries = raw.get("stages", [])
     # --set may only give a variable the recipe has ([vars] or a {name} its stages use): a typo
     # (outt=...) must not be ignored while the run writes to the default place.
-    used = set(variables) | set(_VAR.findall(str(entries))) - set(axes) - {CELL}
+    found = set(_VAR.findall(str(entries) + str(raw_axis_vars)))
+    used = set(variables) | found - set(axes) - set(owners) - {CELL}
+    per_value = sorted(set(overrides) & set(owners))
+    if per_value:
+        var = per_value[0]
+        raise UserError(
+            f"--set {var}: {var!r} is a variable of each value of axis {owners[var]!r}; choose values with "
+            f"--set {owners[var]}=a,b (or change it in the recipe)"
+        )
     unknown = sorted(set(overrides) - used)
     if unknown:
         known = ", ".join(sorted(used | set(axes))) or "none"
@@ -201,7 +262,43 @@ def load_recipe(path: Path, overrides: dict[str, str] | None = None) -> Recipe:
     variables.update(overrides)
     if not isinstance(entries, list):
         raise UserError(f"recipe {path}: stages must be [[stages]] tables")
-    keep = set(axes) | ({CELL} if axes else set())
+    keep = set(axes) | set(owners) | ({CELL} if axes else set())
+    axis_vars: dict[str, AxisVars] = {
+        axis: {
+            value: {
+                var: [
+                    _expand(x, variables, keep, f"recipe {path}, axis {axis} value {value} ({var})")
+                    for x in v
+                ]
+                if isinstance(v, list)
+                else _expand(v, variables, keep, f"recipe {path}, axis {axis} value {value} ({var})")
+                for var, v in by_var.items()
+            }
+            for value, by_var in by_value.items()
+        }
+        for axis, by_value in raw_axis_vars.items()
+    }
+    listed = {  # the list-valued variables
+        var for by_value in axis_vars.values() for by_var in by_value.values() for var, v in by_var.items()
+        if isinstance(v, list)
+    }  # fmt: skip
+
+    def axes_named(name: str) -> list[str]:
+        if name == CELL:
+            return list(axes)
+        return [name] if name in axes else [owners[name]] if name in owners else []
+
+    # Which axes each axis-value variable brings with it: its own, and those its values name.
+    brings = {
+        var: {owners[var]}
+        | {
+            a
+            for by_var in axis_vars[owners[var]].values()
+            for name in _VAR.findall(str(by_var[var]))
+            for a in axes_named(name)
+        }
+        for var in owners
+    }
     stages: list[StageSpec] = []
     for i, entry in enumerate(entries):
         where = f"recipe {path}, stage {i + 1}"
@@ -224,13 +321,33 @@ def load_recipe(path: Path, overrides: dict[str, str] | None = None) -> Recipe:
             "creates": [_expand(p, variables, keep, where) for p in _paths(entry, "creates", where)],
             "inputs": [_expand(p, variables, keep, where) for p in _paths(entry, "inputs", where)],
         }
-        named = set(_VAR.findall(" ".join(a for v in fields.values() for a in v)))
+        for arg in (a for v in fields.values() for a in v):
+            inside = [n for n in _VAR.findall(arg) if n in listed]
+            if inside and arg != f"{{{inside[0]}}}":
+                raise UserError(
+                    f"{where}: {{{inside[0]}}} is a list (of axis {owners[inside[0]]!r}): use it as a whole "
+                    f'argument, "{{{inside[0]}}}", which becomes its items'
+                )
+        only = _only(entry.get("only", {}), declared, where)
+        named = set(_VAR.findall(" ".join(a for v in fields.values() for a in v))) | set(only)
+        named |= {a for var in named & set(owners) for a in brings[var]}
         stage_axes = tuple(axes) if CELL in named else tuple(a for a in axes if a in named)
         if gather and any(_VAR.search(p) for p in fields["creates"]):
             raise UserError(
                 f"{where}: a gather stage runs once: its 'creates' cannot use an axis or {{cell}}"
             )
-        stages.append(StageSpec(entry["name"], **fields, gather=gather, axes=() if gather else stage_axes))
+        named_inputs = (n for p in _paths(entry, "inputs", where) for n in _VAR.findall(p) if n in variables)
+        input_vars = tuple(dict.fromkeys(named_inputs))
+        stages.append(
+            StageSpec(
+                entry["name"],
+                **fields,
+                gather=gather,
+                axes=() if gather else stage_axes,
+                input_vars=input_vars,
+                only=only,
+            )
+        )
     if not stages:
         raise UserError(f"recipe {path} has no [[stages]]")
     names = [s.name for s in stages]
@@ -244,7 +361,56 @@ def load_recipe(path: Path, overrides: dict[str, str] | None = None) -> Recipe:
             f"(its {STATE_DIR}/ records what each stage ran with)"
         )
     description = " ".join(str(raw.get("description", "")).split())
-    return Recipe(path, description, out, axes, stages)
+    return Recipe(path, description, out, axes, stages, axis_vars)
+
+
+def _only(table: Any, declared: dict[str, list[str]], where: str) -> dict[str, tuple[str, ...]]:
+    """A stage's ``only = {AXIS = VALUE or [VALUES]}``: the cells it runs for (it uses those axes)."""
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: 'only' must be a table of AXIS = value or [values]")
+    only: dict[str, tuple[str, ...]] = {}
+    for axis, values in table.items():
+        values = values if isinstance(values, list) else [values]
+        if axis not in declared:
+            raise UserError(f"{where}: 'only' names {axis!r}, which is no axis (axes: {', '.join(declared)})")
+        unknown = [str(v) for v in values if not _scalar(v) or str(v) not in declared[axis]]
+        if unknown or not values:
+            raise UserError(
+                f"{where}: 'only' gives axis {axis!r} the value {unknown[0] if unknown else 'none'!r} "
+                f"(its values: {', '.join(declared[axis])})"
+            )
+        only[axis] = tuple(str(v) for v in values)
+    return only
+
+
+def _axis_value_tables(path: Path, axis: str, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """[axes.AXIS.VALUE] tables, checked: each a table of NAME = string, number or list of them, and every
+    value defining the same variables (a stage that uses one must find it in every cell)."""
+    where = f"recipe {path}: axis {axis!r}"
+    if not values:
+        raise UserError(f"{where} has no values")
+    tables: dict[str, dict[str, Any]] = {}
+    for value, table in values.items():
+        ok = isinstance(table, dict) and all(
+            _scalar(v) or (isinstance(v, list) and all(_scalar(x) for x in v)) for v in table.values()
+        )
+        if not ok:
+            raise UserError(
+                f"{where}, value {value!r}: [axes.{axis}.{value}] must be a table of NAME = string, number "
+                "or list of them"
+            )
+        tables[str(value)] = {
+            str(k): [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in table.items()
+        }
+    first, names = next(iter(tables)), set(next(iter(tables.values())))
+    for value, table in tables.items():
+        if set(table) != names:
+            lacks, extra = sorted(names - set(table)), sorted(set(table) - names)
+            detail = f"lacks {lacks}" if lacks else f"has {extra}, which {first!r} does not define"
+            raise UserError(
+                f"{where}, value {value!r} {detail}: every value of an axis defines the same variables"
+            )
+    return tables
 
 
 def packaged_recipes() -> dict[str, Path]:
@@ -300,14 +466,45 @@ def _cell_dir(name: str) -> str:
     return quote(name, safe=_SAFE)
 
 
-def _fill(text: str, values: dict[str, str]) -> str:
+def _value_vars(values: dict[str, str], axis_vars: dict[str, AxisVars]) -> dict[str, str | list[str]]:
+    """The variables that the axis values in ``values`` carry."""
+    return {
+        var: v
+        for axis, by_value in axis_vars.items()
+        if axis in values
+        for var, v in by_value[values[axis]].items()
+    }
+
+
+def _fill(text: str, values: dict[str, str], axis_vars: dict[str, AxisVars] | None = None) -> str:
+    """``text`` for one combination of axis values: its axes, ``{cell}`` and the variables of those values."""
+    own = _value_vars(values, axis_vars or {})
+
     def value(match: re.Match[str]) -> str:
         name = match.group(1)
         if name == CELL:
             return _cell_dir(Cell(tuple(values.items())).name)
+        if name in own:
+            given = own[name]
+            return _fill(" ".join(given) if isinstance(given, list) else given, values)
         return values.get(name, match.group(0))
 
     return _VAR.sub(value, text)
+
+
+def _fill_args(args: list[str], values: dict[str, str], axis_vars: dict[str, AxisVars]) -> list[str]:
+    """Arguments for one combination of axis values; an argument that is a list variable (``"{flags}"``)
+    becomes that list's items (none for an empty list)."""
+    own = _value_vars(values, axis_vars)
+    out: list[str] = []
+    for arg in args:
+        match = _VAR.fullmatch(arg)
+        items = own.get(match.group(1)) if match else None
+        if isinstance(items, list):
+            out += [_fill(item, values) for item in items]
+        else:
+            out.append(_fill(arg, values, axis_vars))
+    return out
 
 
 def _norm(path: str) -> str:
@@ -325,28 +522,41 @@ def _arg_paths(command: list[str]) -> list[str]:
 
 def build_plan(recipe: Recipe) -> list[Instance]:
     """Every stage instance in run order, with the earlier instances whose outputs each one reads."""
-    cells = recipe.cells
     plan: list[Instance] = []
     for order, spec in enumerate(recipe.stages):
+        # a stage with `only` belongs to the cells with those axis values
+        cells = [c for c in recipe.cells if all(dict(c.values)[a] in v for a, v in spec.only.items())]
+        if not cells:
+            continue
         if spec.gather:
             command: list[str] = []
             for k, arg in enumerate(spec.command):
                 if not _VAR.search(arg):
                     command.append(arg)
                     continue
-                filled = list(dict.fromkeys(_fill(arg, dict(c.values)) for c in cells))
+                # one entry per distinct cell value (a list variable's items stay together)
+                per_cell = dict.fromkeys(
+                    tuple(_fill_args([arg], dict(c.values), recipe.axis_vars)) for c in cells
+                )
+                filled = [a for items in per_cell for a in items]
                 flag = spec.command[k - 1] if k and spec.command[k - 1].startswith("-") else None
                 if flag is not None and not _VAR.search(flag):
                     # --npy {cell}/x.npy: a repeatable flag is given once per value (it is the last arg)
                     command[-1:] = [a for value in filled for a in (flag, value)]
                 else:
                     command += filled
-            inputs = list(dict.fromkeys(_fill(p, dict(c.values)) for p in spec.inputs for c in cells))
-            plan.append(Instance(spec, order, (), command, spec.creates, inputs, list(range(len(cells)))))
+            inputs = list(
+                dict.fromkeys(
+                    p for c in cells for p in _fill_args(spec.inputs, dict(c.values), recipe.axis_vars)
+                )
+            )
+            members = [recipe.cells.index(c) for c in cells]
+            plan.append(Instance(spec, order, (), command, spec.creates, inputs, members))
             continue
         groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
-        for i, cell in enumerate(cells):
-            groups.setdefault(tuple(kv for kv in cell.values if kv[0] in spec.axes), []).append(i)
+        for cell in cells:
+            key = tuple(kv for kv in cell.values if kv[0] in spec.axes)
+            groups.setdefault(key, []).append(recipe.cells.index(cell))
         for values, members in groups.items():
             given = dict(values)
             plan.append(
@@ -354,9 +564,9 @@ def build_plan(recipe: Recipe) -> list[Instance]:
                     spec,
                     order,
                     values,
-                    [_fill(a, given) for a in spec.command],
-                    [_fill(p, given) for p in spec.creates],
-                    [_fill(p, given) for p in spec.inputs],
+                    _fill_args(spec.command, given, recipe.axis_vars),
+                    _fill_args(spec.creates, given, recipe.axis_vars),
+                    _fill_args(spec.inputs, given, recipe.axis_vars),
                     members,
                 )
             )
@@ -704,6 +914,13 @@ def _print_plan(runner: Runner, selected: list[int], first: int, force: bool) ->
     if recipe.axes:
         for i, cell in enumerate(cells, 1):
             stdout.print(f"  cell {i}: {escape(cell.name)}")
+    for axis, by_value in recipe.axis_vars.items():  # what each value of an axis stands for
+        for value in recipe.axes[axis]:
+            shown = "; ".join(
+                f"{var}=[{', '.join(v)}]" if isinstance(v, list) else f"{var}={v}"
+                for var, v in by_value[value].items()
+            )
+            stdout.print(f"  {escape(axis)}={escape(value)}: {escape(shown)}", soft_wrap=True)
     running: set[str] = set()
     for i in selected:
         inst = plan[i]
@@ -726,6 +943,18 @@ def _print_plan(runner: Runner, selected: list[int], first: int, force: bool) ->
     stdout.print(
         f"{len(running)} to run, {sum(1 for i in selected if plan[i].order >= first) - len(running)} cached"
     )
+
+
+def _missing_inputs(plan: list[Instance], selected: list[int], first: int) -> list[str]:
+    """One line per declared input of the selected stages that does not exist, naming what to --set."""
+    lines = []
+    for k in selected:
+        for path in plan[k].inputs if plan[k].order >= first else []:
+            if not Path(path).exists():
+                names = plan[k].spec.input_vars
+                hint = f" (give it with {', '.join(f'--set {n}=PATH' for n in names)})" if names else ""
+                lines.append(f"stage {plan[k].id}: input not found: {path}{hint}")
+    return lines
 
 
 def _run_cells_in_processes(runner: Runner, cells: list[int], jobs: int, worker_args: list[str]) -> None:
@@ -863,7 +1092,15 @@ def run_recipe(
 
     if dry_run:
         _print_plan(runner, selected, first, force)
+        for missing in _missing_inputs(plan, selected, first):
+            stdout.print(
+                f"[yellow]{escape(missing)}[/yellow]: the run would stop before any stage", soft_wrap=True
+            )
         return
+    # Every declared input exists before anything runs: a wrong corpus path must not surface hours later.
+    absent = _missing_inputs(plan, selected, first)
+    if absent:
+        raise UserError(f"{absent[0]}; nothing ran")
     if force:
         runner.mark_forced([plan[k] for k in selected if plan[k].order >= first])
     began = time.monotonic()

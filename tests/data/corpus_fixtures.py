@@ -125,3 +125,90 @@ def copy_record(name: str, target: Path) -> Path:
     for file in source.parent.glob(source.name + ".*"):
         shutil.copy(file, target / file.name)
     return target / (source.name + ".hea")
+
+
+# Rows 6002-6004 of PTB-XL 1.0.3's ptbxl_database.csv with its header: raw lines of the official file, as
+# in shared/data/ptbxl_cinc2021/ptbxl_database_rows.csv (see its README: read from xxender13/TrustECG
+# data/ptb-xl/ptbxl_database.csv, commit d453df6, and checked there); the bundled sample has rows 1, 6000 and
+# 6001. PTB-XL is CC BY 4.0 (Wagner et al., Sci Data 7, 154 (2020)).
+PTBXL_ROWS_6002_6004 = Path(__file__).parent / "ptbxl_database_rows_6002-6004.csv"
+
+
+def write_ptbxl(root: Path) -> Path:
+    """A PTB-XL 1.0.3 root in its published layout (``ptbxl_database.csv``, ``scp_statements.csv``,
+    ``records100/``, ``records500/``) with the bundled real records and their real metadata rows: ecg_id 1
+    (the real ``records100/00000/00001_lr`` files) and 6000-6004 (``records500/06000/0600x_hr``, format-16
+    WFDB written with wfdb from their real Challenge-2021 copies HR06000-HR06004). Six patients, five of them
+    with NORM as first statement."""
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SAMPLE_DIR / "ptbxl" / "scp_statements.csv", root / "scp_statements.csv")
+    copy_record("ptbxl/records100/00000/00001_lr", root / "records100" / "00000")
+    tables = [SAMPLE_DIR / "ptbxl" / "ptbxl_database.csv",
+              SAMPLE_DIR / "ptbxl_cinc2021" / "ptbxl_database_rows.csv", PTBXL_ROWS_6002_6004]  # fmt: skip
+    header, rows = None, []
+    for table in tables:
+        with table.open(newline="") as handle:
+            first, *more = list(csv.reader(handle))
+        assert header in (None, first)
+        header = first
+        rows += more
+    assert header is not None
+    with (root / "ptbxl_database.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([header, *rows])
+    column = header.index("filename_hr")
+    for row in rows[1:]:
+        record = real_record(f"ptbxl_cinc2021/HR{int(row[0]):05d}")
+        target = root / row[column]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        wfdb.wrsamp(
+            target.name,
+            fs=500,
+            units=["mV"] * 12,
+            sig_name=record.sig_name,
+            p_signal=record.p_signal,
+            fmt=["16"] * 12,
+            adc_gain=[1000.0] * 12,
+            baseline=[0] * 12,
+            write_dir=str(target.parent),
+        )
+    return root
+
+
+# Real sample records whose signals stand in for the extra MIMIC-IV-ECG studies of write_mimic_cohort.
+_COHORT_SIGNALS = [f"ptbxl_cinc2021/HR0600{k}" for k in range(1, 5)] + [
+    f"chapman_shaoxing_ningbo_cinc2021/JS2000{k}" for k in range(5)
+]
+
+
+def write_mimic_cohort(root: Path, subjects: int = 5) -> list[tuple[str, str]]:
+    """A MIMIC-IV-ECG root as :func:`write_mimic` with two studies for each of ``subjects`` patients: the real
+    subject 10000032 / study 40689238 (its real rows) and studies under made-up ids of the published form
+    (8-digit subject and study ids, ``files/p<first 4>/p<subject>/s<study>/<study>``) whose metadata rows copy
+    the real rows with the ids changed and whose waveforms are further real sample records (HR06001-HR06004,
+    JS20000-JS20004) written as MIMIC does (500 Hz, MIMIC's lead order, gain 200 adu/mV). Returns (subject,
+    study) of every study, in order; a patient's two studies are next to each other."""
+    write_mimic(root)
+    studies = [("10000032", "40689238")]
+    for k in range(2 * subjects - 1):
+        studies.append(("10000032" if k == 0 else f"{19999900 + (k + 1) // 2}", f"{49999901 + k}"))
+    with (root / "record_list.csv").open(newline="") as handle:
+        (record_header, real_record_row) = list(csv.reader(handle))
+    with (root / "machine_measurements.csv").open(newline="") as handle:
+        (measure_header, real_measure_row) = list(csv.reader(handle))
+    records, measures = [real_record_row], [real_measure_row]
+    for (subject, study), name in zip(studies[1:], _COHORT_SIGNALS, strict=False):
+        path = f"files/p{subject[:4]}/p{subject}/s{study}/{study}"
+        records.append([subject, study, study, real_record_row[3], path])
+        measures.append([subject, study, *real_measure_row[2:]])
+        source = real_record(name)
+        by_name = {n.upper(): source.p_signal[:, i] for i, n in enumerate(source.sig_name)}
+        signal = np.stack([by_name[n.upper()] for n in MIMIC_LEADS], axis=1)
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        wfdb.wrsamp(study, fs=500, units=["mV"] * 12, sig_name=MIMIC_LEADS, p_signal=signal[:5000],
+                    fmt=["16"] * 12, adc_gain=[200.0] * 12, baseline=[0] * 12,
+                    write_dir=str((root / path).parent))  # fmt: skip
+    for name, header, rows in (("record_list.csv", record_header, records),
+                               ("machine_measurements.csv", measure_header, measures)):  # fmt: skip
+        with (root / name).open("w", newline="") as handle:
+            csv.writer(handle).writerows([header, *rows])
+    return studies[: len(records)]

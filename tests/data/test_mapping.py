@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sets_helpers import ECGQA, PULSE_BENCH, ecgqa_ids, index_table
+from sets_helpers import ECG_CHAT_ITEMS, ECGQA, PULSE_BENCH, ecgqa_ids, index_table
 
 from ecgbench.data.conversations import (
     ECG_PLACEHOLDER,
@@ -24,47 +24,6 @@ from ecgbench.data.conversations import (
 from ecgbench.data.mapping import map_source_set
 from ecgbench.data.mapping.common import RecordLookup, ref_from_path
 from ecgbench.errors import CorruptFileError, UserError
-
-# ECG-Chat (YubaoZhao/ECG-Chat, llava/llava/train/train.py + constants.py): a JSON list of
-# {"id", "ecg": <WFDB path relative to the MIMIC-IV-ECG root>, "conversations": [{"from": "human"|"gpt",
-# "value"}]}, "<ecg>" in the first human turn. The record is the real first MIMIC-IV-ECG study
-# (record_list.csv of the bundled sample).
-ECG_CHAT_ITEMS = [
-    {
-        "id": "40689238",
-        "ecg": "files/p1000/p10000032/s40689238/40689238",
-        "conversations": [
-            {"from": "human", "value": "<ecg>\nWhat is the rhythm of this ECG?"},
-            {"from": "gpt", "value": "Sinus rhythm."},
-            {"from": "human", "value": "Is there an atrial abnormality?"},
-            {"from": "gpt", "value": "Possible right atrial abnormality; borderline ECG."},
-        ],
-    },
-    # Same ECG, second conversation with the same id (ids repeat in LLaVA data): kept, numbered.
-    {
-        "id": "40689238",
-        "ecg": "files/p1000/p10000032/s40689238/40689238",
-        "conversations": [
-            {"from": "human", "value": "Describe this ECG.\n<ecg>"},
-            {"from": "gpt", "value": "Sinus rhythm. Possible right atrial abnormality. Borderline ECG."},
-        ],
-    },
-    {
-        "id": "no-ecg",
-        "conversations": [{"from": "human", "value": "<ecg>\nq"}, {"from": "gpt", "value": "a"}],
-    },
-    {
-        "id": "empty-answer",
-        "ecg": "files/p1000/p10000032/s40689238/40689238",
-        "conversations": [{"from": "human", "value": "<ecg>\nq"}, {"from": "gpt", "value": "  "}],
-    },
-    {
-        "id": "missing-record",
-        "ecg": "files/p1000/p10000099/s49999999/49999999",
-        "conversations": [{"from": "human", "value": "<ecg>\nq"}, {"from": "gpt", "value": "a"}],
-    },
-    "not an object",
-]
 
 # GEM ECG-Grounding (lanxiang1017/GEM: llava/train/train.py reads item["ecg"] with wfdb under the
 # time-series root and item["image"]; gem_evaluation/process_gem_outputs.ipynb reads id, ecg, image,

@@ -66,6 +66,18 @@ def test_several_records_per_patient_stay_together() -> None:
     assert all({"NORM", "MI", "STTC"} <= found for found in by_fold.values())
 
 
+def test_labels_too_rare_for_every_fold_are_dealt_by_patient() -> None:
+    # PTB-XL records 1, 6000 and 6001 (three patients, three different first labels) into 3 folds: no label
+    # can reach every fold, so scikit-learn's stratified splitter refuses; patients are dealt instead
+    records = [
+        {"corpus": "ptbxl", "record_id": rid, "patient_id": pid, "labels": [label], "segments": 1}
+        for rid, pid, label in (("1", "15709", "NORM"), ("6000", "1", "IMI"), ("6001", "2", "LVH"))
+    ]
+    table = splits.assign_folds(splits.record_table([index_table(records)]), n_folds=3, seed=0)
+    assert sorted(table.column("fold").to_pylist()) == [0, 1, 2]
+    splits.check_patients_disjoint(table)
+
+
 def test_leak_check_catches_a_patient_in_two_folds() -> None:
     bad = pa.table(
         {

@@ -3,7 +3,8 @@
 Every record of a patient lands in one fold (PTB-XL ``patient_id``, MIMIC-IV-ECG ``subject_id``, CODE-15%
 ``patient_id``; other corpora have one record per patient as far as anyone knows, so the record is the
 group). Folds are stratified by each record's first label with ``StratifiedGroupKFold`` where the store
-has labels, else patients are shuffled and dealt to the smallest fold. ``strat_fold`` keeps PTB-XL's own
+has labels (and some label has a record for every fold), else patients are shuffled and dealt to the
+smallest fold. ``strat_fold`` keeps PTB-XL's own
 ten folds (already patient-grouped and label-stratified) and splits the other corpora as above.
 
 One fold is the test split and another the validation split (by default the last two, so PTB-XL's
@@ -115,6 +116,9 @@ def grouped_folds(groups: np.ndarray, labels: np.ndarray | None, n_folds: int, s
         raise UserError(f"{n_folds} folds need at least {n_folds} patients; the store has {n_groups}")
     rng = np.random.default_rng(seed)
     if labels is None or len(np.unique(labels)) < 2:
+        return _dealt_folds(groups, n_folds, rng)
+    if np.unique(labels, return_counts=True)[1].max() < n_folds:
+        # no label has a record for every fold: nothing to stratify (scikit-learn refuses such labels)
         return _dealt_folds(groups, n_folds, rng)
     from sklearn.model_selection import StratifiedGroupKFold
 
