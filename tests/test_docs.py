@@ -188,6 +188,13 @@ def test_every_guide_prints_what_it_shows(tmp_path: Path, monkeypatch: pytest.Mo
     # could land on separate workers, each running every guide before its own.
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", WIDTH)
+    # ecgbench's two consoles are made once per process, and an earlier test in the same pytest-xdist worker
+    # can leave them at another width (CI showed 80 columns); pin their size for the guides' outputs
+    from ecgbench import console as consoles
+
+    for shared in (consoles.console, consoles.stdout):
+        monkeypatch.setattr(shared, "_width", int(WIDTH))
+        monkeypatch.setattr(shared, "_height", 25)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")
     problems: list[str] = []

@@ -19,8 +19,21 @@ from ecgbench.train import run_dir
 
 # Small, fast and deterministic: tiny GPT-2 (the real GPT-2 vocabulary), no dropout in the adapters.
 COMMON = [
-    "--llm", "tiny-gpt2", "--max-length", "192", "--num-workers", "0", "--log-every", "1",
-    "--lr", "2e-3", "--lora-dropout", "0", "--report-to", "none", "--deterministic",
+    "--llm",
+    "tiny-gpt2",
+    "--max-length",
+    "192",
+    "--num-workers",
+    "0",
+    "--log-every",
+    "1",
+    "--lr",
+    "2e-3",
+    "--lora-dropout",
+    "0",
+    "--report-to",
+    "none",
+    "--deterministic",
 ]
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -61,8 +74,16 @@ def test_resume_after_sigkill_logs_the_same_losses(train_data: TrainData, tmp_pa
     killed.wait()
     _finish(whole)
     resume = [
-        sys.executable, "-m", "ecgbench.cli", "train", "end2end", *train_data.args(),
-        "--resume", str(tmp_path / "killed"), *COMMON, *steps,
+        sys.executable,
+        "-m",
+        "ecgbench.cli",
+        "train",
+        "end2end",
+        *train_data.args(),
+        "--resume",
+        str(tmp_path / "killed"),
+        *COMMON,
+        *steps,
     ]
     resumed = _finish(
         subprocess.Popen(resume, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

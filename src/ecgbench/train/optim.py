@@ -94,4 +94,3 @@ def build_scheduler(
             step, total_steps=total_steps, warmup_steps=warmup_steps, schedule=schedule, min_ratio=min_ratio
         ),
     )
-

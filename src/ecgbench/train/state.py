@@ -149,4 +149,3 @@ def load_training_state(
     load_scheduler(scheduler, directory)
     load_rng(directory, rank)
     return read_position(directory)
-
