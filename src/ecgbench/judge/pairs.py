@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -274,6 +274,29 @@ def _check_parsed(judge: Judge, judged: int, left_out: Counter[str]) -> None:
         )
 
 
+def _with_different_answers(inputs: Inputs, left_out: Counter[str], reason: str) -> list[Key]:
+    """The matched items whose answers are not all the same text (the others are counted under
+    ``reason``: a judge cannot prefer one of two equal answers)."""
+    todo = []
+    for key in inputs.matched.keys:
+        if len({p[key].prediction.strip() for p in inputs.predictions}) < 2:
+            left_out[reason] += 1
+        else:
+            todo.append(key)
+    return todo
+
+
+def _chunks(todo: list[Key], progress: Callable[[int, int], None] | None) -> Iterator[list[Key]]:
+    """``todo`` in judge calls of ``CHUNK`` items, ``progress`` told after each."""
+    if progress is not None:
+        progress(0, len(todo))
+    for start in range(0, len(todo), CHUNK):
+        chunk = todo[start : start + CHUNK]
+        yield chunk
+        if progress is not None:
+            progress(len(chunk), len(todo))
+
+
 def compare_pairs(
     inputs: Inputs,
     judge: Judge,
@@ -288,18 +311,10 @@ def compare_pairs(
     first, second = inputs.predictions
     matched, prompts = inputs.matched, inputs.prompts
     left_out: Counter[str] = Counter()
-    todo = []
-    for key in matched.keys:
-        if first[key].prediction.strip() == second[key].prediction.strip():
-            left_out["pairs of identical answers"] += 1
-        else:
-            todo.append(key)
+    todo = _with_different_answers(inputs, left_out, "pairs of identical answers")
     rows, timestamp = [], _now()
     comparisons: Counter[str] = Counter()
-    if progress is not None:
-        progress(0, len(todo))
-    for start in range(0, len(todo), CHUNK):
-        chunk = todo[start : start + CHUNK]
+    for chunk in _chunks(todo, progress):
         items = [
             JudgeItem(prompts[k], first[k].prediction, second[k].prediction, first[k].reference)
             for k in chunk
@@ -319,8 +334,6 @@ def compare_pairs(
                 scores = (verdict.score_a, verdict.score_b)
                 rows.append(pair_row(prompts[key], chosen, rejected, scores if chosen is a else scores[::-1],
                                      judge, timestamp))  # fmt: skip
-        if progress is not None:
-            progress(len(chunk), len(todo))
     if on_disagreement == "tie":  # the ties that came from disagreeing orders, apart
         left_out["ties"] -= comparisons["disagreements"]
         left_out["disagreements between the answer orders (ties)"] += comparisons["disagreements"]
@@ -340,18 +353,10 @@ def rank_pairs(
         raise UserError("judge rank needs at least two predictions files")
     predictions, matched, prompts = inputs.predictions, inputs.matched, inputs.prompts
     left_out: Counter[str] = Counter()
-    todo = []
-    for key in matched.keys:
-        if len({p[key].prediction.strip() for p in predictions}) < 2:
-            left_out["questions whose answers are all the same"] += 1
-        else:
-            todo.append(key)
+    todo = _with_different_answers(inputs, left_out, "questions whose answers are all the same")
     rows, timestamp = [], _now()
     comparisons: Counter[str] = Counter()
-    if progress is not None:
-        progress(0, len(todo))
-    for start in range(0, len(todo), CHUNK):
-        chunk = todo[start : start + CHUNK]
+    for chunk in _chunks(todo, progress):
         questions = [
             RankQuestion(prompts[k], [p[k].prediction for p in predictions], predictions[0][k].reference)
             for k in chunk
@@ -372,8 +377,6 @@ def rank_pairs(
                 continue
             chosen, rejected = predictions[best][key], predictions[worst][key]
             rows.append(pair_row(prompts[key], chosen, rejected, (best_score, worst_score), judge, timestamp))
-        if progress is not None:
-            progress(len(chunk), len(todo))
     _check_parsed(judge, len(todo), left_out)
     return PairsResult(rows, len(todo), len(matched.keys), left_out, matched.only_in, comparisons)
 
