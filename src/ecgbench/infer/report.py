@@ -346,6 +346,20 @@ def _width(groups: int, bars: int) -> float:
     return float(min(16.0, max(6.0, 1.0 + groups * (0.25 + 0.12 * bars))))
 
 
+def _legend_labels(names: list[str]) -> dict[str, str]:
+    """Run names without the leading folders they all share: a legend has room only for what differs."""
+    parts = [Path(n).parts for n in names]
+    common = 0
+    while len(parts) > 1 and all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1:
+        common += 1
+    return {name: str(Path(*p[common:])) for name, p in zip(names, parts, strict=True)}
+
+
+def _legend(ax: Any) -> None:
+    """The legend beside the plot, where it hides no bar."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
 def write_plots(report: Mapping[str, Any], out: Path) -> list[Path]:
     """metrics.png, question_types.png (where the runs have question types) and ecg_reliance.png (where
     a run has several ECG modes) in ``out``."""
@@ -359,21 +373,22 @@ def write_plots(report: Mapping[str, Any], out: Path) -> list[Path]:
 
     def save(fig: Any, name: str) -> None:
         fig.tight_layout()
-        atomic_write(out / name, lambda tmp: fig.savefig(tmp, format="png"))
+        atomic_write(out / name, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
         plt.close(fig)
         written.append(out / name)
 
     metrics = overall_metrics(report)
     runs = report["runs"]
+    label = _legend_labels([run["name"] for run in runs])
     fig, ax = plt.subplots(figsize=(_width(len(metrics), len(runs)), 4), dpi=110)
     _grouped_bars(
         ax,
         metrics,
-        [(run["name"], [run["metrics"].get(m) for m in metrics]) for run in runs],
+        [(label[run["name"]], [run["metrics"].get(m) for m in metrics]) for run in runs],
         f"value ({level} CI)",
     )
     ax.set_title(f"{report['profile']} profile, {report['n_items']} items")
-    ax.legend(fontsize=7)
+    _legend(ax)
     save(fig, METRICS_PLOT)
 
     def type_metric(run: Mapping[str, Any], question_type: str, metric: str) -> Any:
@@ -390,9 +405,9 @@ def write_plots(report: Mapping[str, Any], out: Path) -> list[Path]:
             len(panels), 1, figsize=(_width(widest, len(runs)), 3 * len(panels)), dpi=110
         )
         for ax, (metric, types) in zip(np.atleast_1d(axes), panels, strict=True):
-            series = [(run["name"], [type_metric(run, t, metric) for t in types]) for run in runs]
+            series = [(label[run["name"]], [type_metric(run, t, metric) for t in types]) for run in runs]
             _grouped_bars(ax, types, series, f"{metric} ({level} CI)")
-        np.atleast_1d(axes)[0].legend(fontsize=7)
+        _legend(np.atleast_1d(axes)[0])
         save(fig, QUESTION_TYPES_PLOT)
 
     if report["ecg_reliance"]:
@@ -414,7 +429,7 @@ def write_plots(report: Mapping[str, Any], out: Path) -> list[Path]:
             _grouped_bars(ax, names, series, f"real - replaced ({level} CI)")
             ax.axhline(0.0, color="black", linewidth=0.8)
             ax.set_title(f"ECG reliance of {entry['run']}")
-            ax.legend(fontsize=7)
+            _legend(ax)
         save(fig, RELIANCE_PLOT)
     return written
 
