@@ -402,6 +402,11 @@ def test_bad_input_is_one_line_and_writes_nothing(dpo_runs: DPORuns, tmp_path: P
             ["--eval-split", "val"],
             "must differ from --train-split",
         ),
+        "an online setting offline": (
+            dpo_runs.preferences(),
+            ["--candidates", "8"],
+            "--candidates: online DPO settings (with --judge)",
+        ),
         "not a checkpoint": (
             dpo_runs.preferences(),
             ["--checkpoint", str(tmp_path)],

@@ -38,6 +38,11 @@ from ecgbench.settings import DPOSettings
 from ecgbench.train import run_dir as rd
 
 REFERENCE_FILE = "reference_logprobs.safetensors"
+#: the settings only online DPO (``--judge``) reads
+ONLINE_SETTINGS = (
+    "rounds", "candidates", "conversations_per_round", "val_conversations", "temperature", "top_p",
+    "max_new_tokens",
+)  # fmt: skip
 HUMAN = "human"
 
 
@@ -658,6 +663,10 @@ def train_dpo(inputs: DPOInputs, settings: DPOSettings, seed: int) -> Any:
         raise UserError("--judge runs online DPO (ecgbench.train.online_dpo.train_online_dpo)")
     if inputs.preferences is None:
         raise UserError("give --preferences (offline DPO on judged pairs) or --judge (online DPO)")
+    online_only = sorted(set(settings.model_fields_set) & set(ONLINE_SETTINGS))
+    if online_only:
+        flags = ", ".join("--" + name.replace("_", "-") for name in online_only)
+        raise UserError(f"{flags}: online DPO settings (with --judge); offline DPO reads --preferences")
     out = Path(inputs.out)
     start = open_start(inputs, settings, [inputs.preferences])
     source, config, records = start.source, start.config, start.records
